@@ -1,0 +1,59 @@
+//! `BND CON\MSGR` (§2.3): register this connection as one endpoint of the account.
+
+use msnp24_proto::xml::bind::{Msgr, MsgrResponse};
+use msnp24_proto::{Epid, ErrorCode, Frame, Payload};
+
+use super::{bad_xml, Flow, Outcome, Refusal};
+use crate::routing::{EndpointHandle, EndpointInfo, KickReason};
+use crate::session::{Bound, Phase, Session};
+
+/// Binds the endpoint; an older connection with the same epid is sent `OUT` and closed.
+pub async fn bnd(
+    s: &mut Session,
+    frame: &Frame,
+    payload: &Payload,
+    out: &mut Vec<Frame>,
+) -> Outcome {
+    let account = match &s.phase {
+        Phase::Authenticated(a) => a.clone(),
+        Phase::Bound(_) => {
+            return Err(Refusal::new(
+                ErrorCode::AlreadyBound,
+                "This connection already has a feature set",
+            ))
+        }
+        _ => return Err(Refusal::new(ErrorCode::AuthFailed, "not authenticated")),
+    };
+    let msgr = Msgr::parse(&payload.body).map_err(bad_xml)?;
+    let epid = Epid::parse(&msgr.epid)
+        .map_err(|_| Refusal::new(ErrorCode::InvalidParameter, "invalid epid"))?;
+    // Only 1 and 2 exist; anything newer gets the richest feature set we have.
+    let ver = msgr.ver.clamp(1, 2);
+    let client = msgr.client.unwrap_or_default();
+    let handle = EndpointHandle {
+        conn_id: s.conn_id,
+        tx: s.tx.clone(),
+        kick: s.kick.clone(),
+        info: EndpointInfo {
+            epid: epid.clone(),
+            ver,
+            client_name: client.name,
+            client_ver: client.ver,
+            messaging: false,
+        },
+    };
+    let bound = Bound { account, epid, ver };
+    if let Some(old) = s.state.router.bind(bound.addr(), handle).await {
+        tracing::info!(
+            conn = s.conn_id,
+            replaced = old.conn_id,
+            "same epid bound again; ending the older connection"
+        );
+        old.kick.send_replace(Some(KickReason::OtherLocation));
+    }
+    tracing::info!(conn = s.conn_id, account = %bound.account, epid = %bound.epid, ver, "endpoint bound");
+    s.phase = Phase::Bound(bound);
+    let response = MsgrResponse { ver, nonce: None };
+    out.push(s.reply(frame, response.to_xml(), true));
+    Ok(Flow::Continue)
+}

@@ -1,0 +1,260 @@
+//! `SDG MSGR` and `ACK MSGR` (§5): store the message durably, answer the sender, then deliver it to
+//! the recipient's endpoints and the sender's other endpoints.
+
+use std::sync::Arc;
+
+use msnp24_proto::mri::Network;
+use msnp24_proto::{AccountName, ErrorCode, FormattedMessage, Frame, Headers, Mri, Payload};
+
+use super::{internal, Flow, Outcome, Refusal};
+use crate::routing::{Delivery, DeliveryFilter, Outbound};
+use crate::session::Session;
+use crate::state::now_ms;
+use crate::storage::{conversation_key, NewMessage};
+
+/// Headers the server writes itself; a client's copies are dropped so they cannot be forged.
+const SERVER_HEADERS: [&str; 7] = [
+    "Message-ID",
+    "Relationship-Type",
+    "Is-Active",
+    "Original-Arrival-Time",
+    "Skype-Age",
+    "Content-Type",
+    "Content-Length",
+];
+
+/// ISO 8601 UTC with milliseconds and `Z`, as §5 and §6 write times.
+pub fn iso_time(ms: i64) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
+}
+
+/// The content block delivered to recipients: the client's headers in order, with the server's
+/// `Message-ID` after the first line and its delivery headers before `Content-Type`.
+fn delivered_content(client: &Headers, message_id: i64, arrival_ms: i64) -> Headers {
+    let mut out = Headers::new();
+    let mut lines = client.iter();
+    if let Some((kind, ver)) = lines.next() {
+        out.push(kind, ver);
+    }
+    out.push("Message-ID", message_id.to_string());
+    for (n, v) in lines {
+        if !SERVER_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(n)) {
+            out.push(n, v);
+        }
+    }
+    out.push("Relationship-Type", "Explicit");
+    out.push("Is-Active", "true");
+    out.push("Original-Arrival-Time", iso_time(arrival_ms));
+    out.push(
+        "Content-Type",
+        client
+            .get("Content-Type")
+            .unwrap_or("text/plain; charset=UTF-8"),
+    );
+    out
+}
+
+/// Resolves a one-to-one recipient to an account name.
+fn recipient_account(to: &Mri) -> Result<AccountName, Refusal> {
+    match to.network {
+        Network::Skype => AccountName::parse(&to.id)
+            .map_err(|_| Refusal::new(ErrorCode::InvalidParameter, "unknown recipient")),
+        Network::Thread => Err(Refusal::new(
+            ErrorCode::UnknownCommand,
+            "group chats are not available on this server yet",
+        )),
+        _ => Err(Refusal::new(
+            ErrorCode::InvalidParameter,
+            "unknown recipient",
+        )),
+    }
+}
+
+/// Handles `SDG MSGR`.
+pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcome {
+    let Some(bound) = s.bound().cloned() else {
+        return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
+    };
+    let (_, msg) = FormattedMessage::parse_payload(&frame.payload)
+        .map_err(|e| Refusal::new(ErrorCode::Syntax, format!("bad message: {e}")))?;
+    if !msg
+        .kind()
+        .is_some_and(|k| k.eq_ignore_ascii_case("Messaging"))
+    {
+        return Err(Refusal::new(
+            ErrorCode::Syntax,
+            "SDG carries a Messaging block",
+        ));
+    }
+    let to = msg
+        .to()
+        .and_then(|t| Mri::parse(t).ok())
+        .ok_or_else(|| Refusal::new(ErrorCode::InvalidParameter, "bad To address"))?;
+    let recipient = recipient_account(&to)?;
+    if recipient != bound.account
+        && s.state
+            .storage
+            .account(&recipient)
+            .await
+            .map_err(internal)?
+            .is_none()
+    {
+        return Err(Refusal::new(
+            ErrorCode::InvalidParameter,
+            "unknown recipient",
+        ));
+    }
+    let sender_mri = bound.account.mri();
+    let to_text = recipient.mri().to_string();
+    let from_text = sender_mri.with_epid(bound.epid.clone()).to_string();
+    let message_type = msg.message_type().unwrap_or("Text").to_string();
+    let arrival_ms = now_ms();
+
+    let mut routing = Headers::new()
+        .with("Routing", "1.0")
+        .with("To", to_text.clone())
+        .with("From", from_text);
+    for (n, v) in msg.routing.iter().skip(1) {
+        if !n.eq_ignore_ascii_case("To") && !n.eq_ignore_ascii_case("From") {
+            routing.push(n, v);
+        }
+    }
+
+    let is_control = message_type.starts_with("Control/");
+    let message_id = if is_control {
+        arrival_ms
+    } else {
+        let mut stored_headers = Vec::new();
+        msg.content.encode_into(&mut stored_headers);
+        let stored = s
+            .state
+            .storage
+            .store_message(NewMessage {
+                conversation: conversation_key(&sender_mri.to_string(), &to_text),
+                sender: sender_mri.to_string(),
+                sender_epid: bound.epid.to_string(),
+                recipient: to_text.clone(),
+                client_message_id: msg.content.get("Client-Message-ID").map(str::to_string),
+                message_type: message_type.clone(),
+                headers: String::from_utf8_lossy(&stored_headers).into_owned(),
+                content: msg.body.clone(),
+                arrival_ms,
+            })
+            .await
+            .map_err(internal)?;
+        if stored.duplicate {
+            tracing::debug!(
+                conn = s.conn_id,
+                id = stored.message_id,
+                "retry of a stored message; not delivered again"
+            );
+            let reply = s.reply(frame, Vec::new(), false);
+            out.push(with_message_id(reply, stored.message_id));
+            return Ok(Flow::Continue);
+        }
+        stored.message_id
+    };
+    let reply = s.reply(frame, Vec::new(), false);
+    out.push(with_message_id(reply, message_id));
+
+    let delivery = Arc::new(Delivery {
+        message: FormattedMessage {
+            routing,
+            reliability: msg.reliability,
+            content: delivered_content(&msg.content, message_id, arrival_ms),
+            body: msg.body,
+        },
+        arrival_ms,
+    });
+    let router = &s.state.router;
+    let mut delivered = router
+        .deliver(
+            &bound.account,
+            DeliveryFilter {
+                except: Some(bound.epid.clone()),
+                messaging_only: true,
+                threads_only: false,
+            },
+            Outbound::Message(delivery.clone()),
+        )
+        .await;
+    if recipient != bound.account {
+        delivered += router
+            .deliver(
+                &recipient,
+                DeliveryFilter {
+                    messaging_only: true,
+                    ..DeliveryFilter::default()
+                },
+                Outbound::Message(delivery),
+            )
+            .await;
+    }
+    tracing::debug!(conn = s.conn_id, id = message_id, to = %to_text, delivered, "SDG");
+    Ok(Flow::Continue)
+}
+
+/// Puts `Message-ID` first in a reply's header block.
+fn with_message_id(mut reply: Frame, message_id: i64) -> Frame {
+    let mut payload = Payload::parse(&reply.payload).unwrap_or_default();
+    let mut headers = Headers::new().with("Message-ID", message_id.to_string());
+    headers.0.extend(payload.headers.0);
+    payload.headers = headers;
+    reply.payload = payload.encode();
+    reply
+}
+
+/// Handles `ACK MSGR`: the endpoint acknowledges a delivery by its `Ack-Id`.
+pub fn ack(s: &mut Session, frame: &Frame, payload: &Payload, out: &mut Vec<Frame>) -> Outcome {
+    let ack_id = payload
+        .headers
+        .get("Ack-Id")
+        .ok_or_else(|| Refusal::new(ErrorCode::Syntax, "ACK without Ack-Id"))?;
+    tracing::debug!(conn = s.conn_id, ack_id, "ACK");
+    out.push(s.reply(frame, Vec::new(), false));
+    Ok(Flow::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_times() {
+        assert_eq!(iso_time(1431981331592), "2015-05-18T20:35:31.592Z");
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn delivered_header_order() {
+        let client = Headers::new()
+            .with("Messaging", "2.0")
+            .with("Message-Type", "Text")
+            .with("Client-Message-ID", "1")
+            .with("Message-ID", "forged")
+            .with("Content-Type", "Text/plain; charset=UTF-8")
+            .with("Content-Length", "2");
+        let out = delivered_content(&client, 42, 0);
+        let names: Vec<&str> = out.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "Messaging",
+                "Message-ID",
+                "Message-Type",
+                "Client-Message-ID",
+                "Relationship-Type",
+                "Is-Active",
+                "Original-Arrival-Time",
+                "Content-Type"
+            ]
+        );
+        assert_eq!(out.get("Message-ID"), Some("42"));
+    }
+}

@@ -1,0 +1,116 @@
+//! Server configuration: a TOML file, overridden by command-line flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `serve` needs; every field has a default so an empty file is a valid configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the SQLite database, the token secret and generated certificates live.
+    pub data_dir: PathBuf,
+    /// Plaintext MSNP listener.
+    pub listen: SocketAddr,
+    /// MSNP over TLS listener; `None` turns it off.
+    pub tls_listen: Option<SocketAddr>,
+    /// HTTP listener for `POST /login` and `GET /healthz`.
+    pub http_listen: SocketAddr,
+    /// PEM certificate chain for TLS; generated (self-signed) in the data directory when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Largest frame payload accepted, in bytes (603 and close beyond it).
+    pub max_payload: usize,
+    /// Seconds without any frame after which a connection is closed (§0.9).
+    pub idle_timeout_secs: u64,
+    /// Lifetime of login tokens, in seconds.
+    pub token_ttl_secs: u64,
+    /// Lifetime of registration tokens (`Set-Registration`), in seconds.
+    pub registration_ttl_secs: u64,
+    /// Frames each connection may have waiting to be written before it is dropped as too slow.
+    pub outbound_queue: usize,
+    /// Failed-login throttling.
+    pub login_throttle: ThrottleConfig,
+}
+
+/// Limits on failed password logins, per account and per client address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Failures for one account within the window before it is locked.
+    pub max_failures_per_account: u32,
+    /// Failures from one address within the window before it is locked.
+    pub max_failures_per_ip: u32,
+    /// Length of the counting window, in seconds.
+    pub window_secs: u64,
+    /// How long a locked account or address is refused, in seconds.
+    pub lockout_secs: u64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            max_failures_per_account: 5,
+            max_failures_per_ip: 20,
+            window_secs: 300,
+            lockout_secs: 300,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("msnp24-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 1863)),
+            tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1864))),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            max_payload: 128 * 1024,
+            idle_timeout_secs: 180,
+            token_ttl_secs: 24 * 3600,
+            registration_ttl_secs: 24 * 3600,
+            outbound_queue: 256,
+            login_throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are an error so typos do not pass silently.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))
+    }
+
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// Path of the SQLite database inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("msnp24.sqlite3")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults_and_unknown_keys_fail() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.listen.port(), 1863);
+        let c: Config =
+            toml::from_str("idle_timeout_secs = 5\n[login_throttle]\nlockout_secs = 1\n").unwrap();
+        assert_eq!(c.idle_timeout_secs, 5);
+        assert_eq!(c.login_throttle.lockout_secs, 1);
+        assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
+    }
+}

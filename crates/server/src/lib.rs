@@ -1,0 +1,17 @@
+//! The msnp24 server: sessions and command handlers over storage and routing traits, with TCP,
+//! TLS and HTTP at the edge. `Server::start` runs it in-process (the CLI and the tests both do).
+
+pub mod accounts;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod routing;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod storage;
+pub mod tokens;
+pub mod transport;
+
+pub use config::Config;
+pub use server::{open_storage, Server};

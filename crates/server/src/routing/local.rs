@@ -1,0 +1,97 @@
+//! The in-process router: a map from account to its bound endpoints.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use msnp24_proto::AccountName;
+
+use super::{
+    DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason, Outbound, Router,
+};
+
+/// Routes between connections of this process.
+#[derive(Default)]
+pub struct LocalRouter {
+    accounts: Mutex<HashMap<AccountName, Vec<EndpointHandle>>>,
+}
+
+impl LocalRouter {
+    /// An empty router.
+    pub fn new() -> LocalRouter {
+        LocalRouter::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<AccountName, Vec<EndpointHandle>>> {
+        // Nothing panics while holding this lock; recover rather than poison every connection.
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Router for LocalRouter {
+    async fn bind(&self, addr: EndpointAddr, handle: EndpointHandle) -> Option<EndpointHandle> {
+        let mut map = self.map();
+        let list = map.entry(addr.account).or_default();
+        let old = list
+            .iter()
+            .position(|h| h.info.epid == addr.epid)
+            .map(|i| list.swap_remove(i));
+        list.push(handle);
+        old
+    }
+
+    async fn unbind(&self, addr: &EndpointAddr, conn_id: u64) {
+        let mut map = self.map();
+        if let Some(list) = map.get_mut(&addr.account) {
+            list.retain(|h| !(h.conn_id == conn_id && h.info.epid == addr.epid));
+            if list.is_empty() {
+                map.remove(&addr.account);
+            }
+        }
+    }
+
+    async fn set_messaging(&self, addr: &EndpointAddr, conn_id: u64) {
+        let mut map = self.map();
+        if let Some(h) = map.get_mut(&addr.account).and_then(|l| {
+            l.iter_mut()
+                .find(|h| h.conn_id == conn_id && h.info.epid == addr.epid)
+        }) {
+            h.info.messaging = true;
+        }
+    }
+
+    async fn endpoints(&self, account: &AccountName) -> Vec<EndpointInfo> {
+        self.map()
+            .get(account)
+            .map(|l| l.iter().map(|h| h.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    async fn deliver(
+        &self,
+        account: &AccountName,
+        filter: DeliveryFilter,
+        item: Outbound,
+    ) -> usize {
+        let targets: Vec<EndpointHandle> = self
+            .map()
+            .get(account)
+            .map(|l| {
+                l.iter()
+                    .filter(|h| filter.accepts(&h.info))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        targets.iter().filter(|h| h.send(item.clone())).count()
+    }
+
+    async fn kick_all(&self, reason: KickReason) {
+        for list in self.map().values() {
+            for h in list {
+                h.kick.send_replace(Some(reason));
+            }
+        }
+    }
+}

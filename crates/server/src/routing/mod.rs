@@ -1,0 +1,149 @@
+//! Routing between connections: "deliver this to these endpoints". The in-process map serves one
+//! node; a cross-node implementation can replace it without touching the handlers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use msnp24_proto::{AccountName, Epid, FormattedMessage, Frame};
+use tokio::sync::{mpsc, watch};
+
+pub mod local;
+
+pub use local::LocalRouter;
+
+/// One bound endpoint of one account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointAddr {
+    /// The account.
+    pub account: AccountName,
+    /// The endpoint id.
+    pub epid: Epid,
+}
+
+/// What the rest of the server may know about a bound endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The endpoint id.
+    pub epid: Epid,
+    /// BND `<ver>`: 2 enables threads.
+    pub ver: u32,
+    /// BND `<client><name>`.
+    pub client_name: String,
+    /// BND `<client><ver>`.
+    pub client_ver: String,
+    /// Has subscribed to live messages.
+    pub messaging: bool,
+}
+
+/// Why the server ends a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// A new BND with the same epid replaced this connection.
+    OtherLocation,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// No frame for longer than the idle timeout.
+    SessionTimeout,
+    /// The connection stopped reading and its outbound queue filled up.
+    SlowConsumer,
+}
+
+impl KickReason {
+    /// The `<reason>` of the `OUT` frame, if one is sent.
+    pub fn out_reason(self) -> Option<&'static str> {
+        match self {
+            KickReason::OtherLocation => Some("OtherLocation"),
+            KickReason::ServerShutdown => Some("ServerShutdown"),
+            KickReason::SessionTimeout => Some("SessionTimeout"),
+            KickReason::SlowConsumer => None,
+        }
+    }
+}
+
+/// A chat message on its way to endpoints: shared by every recipient, finished per connection
+/// (each adds its own `Ack-Id`, `Context` and `Skype-Age`).
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message with every server header but `Skype-Age`.
+    pub message: FormattedMessage,
+    /// Arrival time, unix ms, for `Skype-Age`.
+    pub arrival_ms: i64,
+}
+
+/// What a connection's writer receives.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame to write as it is.
+    Frame(Frame),
+    /// A chat message to finish and write as `SDG 0 MSGR`.
+    Message(Arc<Delivery>),
+}
+
+/// How the router reaches one connection.
+#[derive(Debug, Clone)]
+pub struct EndpointHandle {
+    /// Unique per connection, so an old connection's cleanup never removes its replacement.
+    pub conn_id: u64,
+    /// The bounded outbound queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Tells the connection to end.
+    pub kick: Arc<watch::Sender<Option<KickReason>>>,
+    /// What the endpoint told BND.
+    pub info: EndpointInfo,
+}
+
+impl EndpointHandle {
+    /// Queues `item`; a connection whose queue is full is ended rather than allowed to grow.
+    pub fn send(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    conn = self.conn_id,
+                    "outbound queue full; dropping slow connection"
+                );
+                self.kick.send_replace(Some(KickReason::SlowConsumer));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Delivery between connections.
+#[async_trait]
+pub trait Router: Send + Sync + 'static {
+    /// Registers a bound endpoint; returns the connection it replaces (same account and epid).
+    async fn bind(&self, addr: EndpointAddr, handle: EndpointHandle) -> Option<EndpointHandle>;
+    /// Removes an endpoint if it still belongs to connection `conn_id`.
+    async fn unbind(&self, addr: &EndpointAddr, conn_id: u64);
+    /// Marks an endpoint as subscribed to live messages.
+    async fn set_messaging(&self, addr: &EndpointAddr, conn_id: u64);
+    /// The account's bound endpoints.
+    async fn endpoints(&self, account: &AccountName) -> Vec<EndpointInfo>;
+    /// Queues `item` for each endpoint of `account` that passes `filter`; returns how many took it.
+    async fn deliver(&self, account: &AccountName, filter: DeliveryFilter, item: Outbound)
+        -> usize;
+    /// Tells every connection to end.
+    async fn kick_all(&self, reason: KickReason);
+}
+
+/// Which endpoints of an account a delivery goes to.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Skip this endpoint (the sender's own).
+    pub except: Option<Epid>,
+    /// Only endpoints subscribed to messaging.
+    pub messaging_only: bool,
+    /// Only endpoints bound with `<ver>` 2 or more (thread traffic).
+    pub threads_only: bool,
+}
+
+impl DeliveryFilter {
+    /// Whether an endpoint passes.
+    pub fn accepts(&self, info: &EndpointInfo) -> bool {
+        self.except.as_ref() != Some(&info.epid)
+            && (!self.messaging_only || info.messaging)
+            && (!self.threads_only || info.ver >= 2)
+    }
+}

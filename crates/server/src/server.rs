@@ -1,0 +1,151 @@
+//! Starting and stopping the whole server: storage, router, the three listeners, and a graceful
+//! shutdown that tells every client `OUT` and waits for connections to finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::routing::LocalRouter;
+use crate::state::AppState;
+use crate::storage::SqliteStorage;
+use crate::tokens::TokenSigner;
+use crate::transport::{self, tls};
+
+/// A running server.
+pub struct Server {
+    /// Where plaintext MSNP listens.
+    pub tcp_addr: SocketAddr,
+    /// Where MSNP over TLS listens, if enabled.
+    pub tls_addr: Option<SocketAddr>,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// PEM file of the TLS certificate in use.
+    pub tls_cert_path: Option<std::path::PathBuf>,
+    state: Arc<AppState>,
+    storage: SqliteStorage,
+    shutdown: watch::Sender<bool>,
+    done_rx: mpsc::Receiver<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Opens the data directory's database, creating directory and schema as needed.
+pub async fn open_storage(config: &Config) -> anyhow::Result<SqliteStorage> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", config.data_dir.display()))?;
+    let path = config.database_path();
+    SqliteStorage::open(&path)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+}
+
+impl Server {
+    /// Opens storage and binds every listener; returns once all are accepting.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let storage = open_storage(&config).await?;
+        let tokens = TokenSigner::load_or_create(&config.data_dir)?;
+        let tls_material = match config.tls_listen {
+            Some(_) => Some(tls::load_or_generate(&config)?),
+            None => None,
+        };
+        let state = Arc::new(AppState::new(
+            config.clone(),
+            Arc::new(storage.clone()),
+            Arc::new(LocalRouter::new()),
+            tokens,
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let mut tasks = Vec::new();
+
+        let tcp = bind(config.listen, "MSNP").await?;
+        let tcp_addr = tcp.local_addr()?;
+        tasks.push(tokio::spawn(transport::accept_tcp(
+            tcp,
+            state.clone(),
+            shutdown_rx.clone(),
+            done_tx.clone(),
+            None,
+        )));
+
+        let mut tls_addr = None;
+        if let (Some(addr), Some(material)) = (config.tls_listen, &tls_material) {
+            let listener = bind(addr, "MSNP over TLS").await?;
+            tls_addr = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(transport::accept_tcp(
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+                done_tx.clone(),
+                Some(tls::acceptor(material)?),
+            )));
+        }
+
+        let http = bind(config.http_listen, "HTTP").await?;
+        let http_addr = http.local_addr()?;
+        let app =
+            crate::http::routes(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = axum::serve(http, app)
+                .with_graceful_shutdown(async move { transport::stopped(&mut stop).await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        }));
+        drop(done_tx);
+
+        tracing::info!(
+            msnp = %tcp_addr,
+            msnp_tls = %tls_addr.map_or("off".to_string(), |a| a.to_string()),
+            http = %http_addr,
+            data_dir = %config.data_dir.display(),
+            "msnp24 listening"
+        );
+        Ok(Server {
+            tcp_addr,
+            tls_addr,
+            http_addr,
+            tls_cert_path: tls_material.map(|m| m.cert_path),
+            state,
+            storage,
+            shutdown,
+            done_rx,
+            tasks,
+        })
+    }
+
+    /// The shared state (for tools and tests that inspect the server).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting, sends `OUT` to every client, waits for connections to end (at most 10 s)
+    /// and closes storage.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        self.shutdown.send_replace(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.done_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not end within 10 s");
+        }
+        self.storage.close().await;
+        tracing::info!("stopped");
+    }
+}

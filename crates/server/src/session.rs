@@ -1,0 +1,211 @@
+//! One connection's state machine (new → connected → authenticated → bound): checks the state a
+//! command needs and the `Registration` header, dispatches, and keeps registration tokens fresh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use msnp24_proto::{AccountName, Epid, ErrorCode, Frame, Headers, Payload};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::commands::{self, Flow, Needs, Refusal};
+use crate::routing::{EndpointAddr, KickReason, Outbound};
+use crate::state::{now_secs, AppState};
+use crate::tokens::{Claims, TokenKind};
+
+/// Where a connection is in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing yet.
+    New,
+    /// `CNT` answered.
+    Connected,
+    /// `ATH` succeeded.
+    Authenticated(AccountName),
+    /// `BND` succeeded.
+    Bound(Bound),
+}
+
+/// A bound endpoint's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// The account.
+    pub account: AccountName,
+    /// The endpoint id.
+    pub epid: Epid,
+    /// BND `<ver>`.
+    pub ver: u32,
+}
+
+impl Bound {
+    /// The router address of this endpoint.
+    pub fn addr(&self) -> EndpointAddr {
+        EndpointAddr {
+            account: self.account.clone(),
+            epid: self.epid.clone(),
+        }
+    }
+}
+
+/// A connection's protocol state.
+pub struct Session {
+    /// Shared server state.
+    pub state: Arc<AppState>,
+    /// Unique connection id.
+    pub conn_id: u64,
+    /// The `Context` header value: 16 hex digits, per connection.
+    pub context: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Handshake state.
+    pub phase: Phase,
+    /// This connection's outbound queue (handed to the router at BND).
+    pub tx: mpsc::Sender<Outbound>,
+    /// This connection's kick switch (handed to the router at BND).
+    pub kick: Arc<watch::Sender<Option<KickReason>>>,
+    /// When the registration token last handed out was issued, unix seconds.
+    reg_issued_at: i64,
+}
+
+impl Session {
+    /// A session for a new connection.
+    pub fn new(
+        state: Arc<AppState>,
+        peer: SocketAddr,
+        tx: mpsc::Sender<Outbound>,
+        kick: Arc<watch::Sender<Option<KickReason>>>,
+    ) -> Session {
+        let conn_id = state.next_conn_id();
+        let context = format!("{:016X}", rand::thread_rng().gen::<u64>());
+        Session {
+            state,
+            conn_id,
+            context,
+            peer,
+            phase: Phase::New,
+            tx,
+            kick,
+            reg_issued_at: 0,
+        }
+    }
+
+    /// The bound endpoint, if any.
+    pub fn bound(&self) -> Option<&Bound> {
+        match &self.phase {
+            Phase::Bound(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The authenticated account, if any.
+    pub fn account(&self) -> Option<&AccountName> {
+        match &self.phase {
+            Phase::Authenticated(a) => Some(a),
+            Phase::Bound(b) => Some(&b.account),
+            _ => None,
+        }
+    }
+
+    /// Handles one frame; replies are appended to `out` in order.
+    pub async fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
+        tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
+        let outcome = self.check_and_dispatch(&frame, out).await;
+        match outcome {
+            Ok(flow) => flow,
+            Err(refusal) => {
+                tracing::info!(
+                    conn = self.conn_id,
+                    peer = %self.peer,
+                    cmd = %frame.cmd,
+                    target = %frame.target,
+                    code = refusal.code.code(),
+                    reason = %refusal.reason,
+                    "request refused"
+                );
+                out.push(frame.error_reply(refusal.code, &refusal.reason));
+                if refusal.close {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                }
+            }
+        }
+    }
+
+    async fn check_and_dispatch(
+        &mut self,
+        frame: &Frame,
+        out: &mut Vec<Frame>,
+    ) -> commands::Outcome {
+        let payload = frame
+            .parse_payload()
+            .map_err(|e| Refusal::new(ErrorCode::Syntax, format!("bad payload: {e}")))?;
+        let have = match self.phase {
+            Phase::New | Phase::Connected => Needs::Nothing,
+            Phase::Authenticated(_) => Needs::Auth,
+            Phase::Bound(_) => Needs::Bound,
+        };
+        if commands::needs(frame) > have {
+            return Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                if have == Needs::Auth {
+                    "not bound"
+                } else {
+                    "not authenticated"
+                },
+            ));
+        }
+        if let (Some(bound), Some(token)) = (self.bound(), payload.headers.get("Registration")) {
+            let claims = self
+                .state
+                .tokens
+                .verify(TokenKind::Registration, token, now_secs())
+                .map_err(|e| Refusal::new(ErrorCode::AuthFailed, format!("registration: {e}")))?;
+            if claims.account != bound.account || claims.epid.as_ref() != Some(&bound.epid) {
+                return Err(Refusal::new(
+                    ErrorCode::AuthFailed,
+                    "registration token names another endpoint",
+                ));
+            }
+        }
+        commands::dispatch(self, frame, &payload, out).await
+    }
+
+    /// A success reply to `request`; once a bound endpoint's registration token is past half its
+    /// lifetime (or `force`), the reply carries a fresh one with `UtcTime` and `Context` (§1).
+    pub fn reply(&mut self, request: &Frame, body: impl Into<Vec<u8>>, force_token: bool) -> Frame {
+        let mut payload = Payload::body(body);
+        let ttl = self.state.config.registration_ttl_secs as i64;
+        let now = now_secs();
+        if let Some(bound) = self.bound() {
+            if force_token || now - self.reg_issued_at >= ttl / 2 {
+                let expires_at = now + ttl;
+                let token = self.state.tokens.issue(
+                    TokenKind::Registration,
+                    &Claims {
+                        account: bound.account.clone(),
+                        generation: 0,
+                        expires_at,
+                        epid: Some(bound.epid.clone()),
+                    },
+                );
+                payload.headers = Headers::new()
+                    .with("UtcTime", now.to_string())
+                    .with("Set-Registration", token)
+                    .with("Registration-Token-Expiry", expires_at.to_string())
+                    .with("Context", self.context.clone());
+                self.reg_issued_at = now;
+            }
+        }
+        request.reply(&payload)
+    }
+
+    /// Unregisters the endpoint when the connection ends.
+    pub async fn closed(&mut self) {
+        if let Some(bound) = self.bound() {
+            let addr = bound.addr();
+            self.state.router.unbind(&addr, self.conn_id).await;
+            tracing::info!(conn = self.conn_id, account = %addr.account, epid = %addr.epid, "endpoint unbound");
+        }
+    }
+}
