@@ -113,4 +113,17 @@ mod tests {
         assert_eq!(c.login_throttle.lockout_secs, 1);
         assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
     }
+
+    #[test]
+    fn documented_example_parses() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/configuration.md has a TOML example");
+        let c: Config = toml::from_str(example).unwrap();
+        assert_eq!(c.login_throttle.lockout_secs, 600);
+        assert_eq!(c.tls_listen.map(|a| a.port()), Some(443));
+    }
 }

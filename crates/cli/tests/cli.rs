@@ -1,0 +1,225 @@
+//! The `msnp24` binary end to end: user administration, `serve`, and two `client` processes
+//! exchanging a message — the README's walk-through.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_msnp24");
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path) -> (Serve, u16, u16) {
+    let (msnp, tls, http) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{msnp}")])
+        .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.starts_with("msnp24 listening"), "{line}");
+    assert!(line.contains(&format!("127.0.0.1:{msnp}")));
+    (Serve(child), msnp, http)
+}
+
+#[test]
+fn user_administration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&[
+        "user",
+        "add",
+        "Alice",
+        "--password",
+        "secret1",
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "created alice\n");
+    let out = run(&[
+        "user",
+        "add",
+        "alice",
+        "--password",
+        "secret1",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    for bad in [
+        ["user", "add", "1x", "--password", "secret1"],
+        ["user", "add", "bob", "--password", "short"],
+    ] {
+        let out = run(&[&bad[..], &["--data-dir", d]].concat());
+        assert!(!out.status.success(), "{bad:?}");
+    }
+    assert!(run(&[
+        "user",
+        "add",
+        "live:bob",
+        "--password",
+        "secret2",
+        "--data-dir",
+        d
+    ])
+    .status
+    .success());
+    let out = run(&["user", "list", "--data-dir", d]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\nlive:bob\n");
+    assert!(run(&[
+        "user",
+        "passwd",
+        "alice",
+        "--password",
+        "secret3",
+        "--data-dir",
+        d
+    ])
+    .status
+    .success());
+    assert!(!run(&[
+        "user",
+        "passwd",
+        "carol",
+        "--password",
+        "secret3",
+        "--data-dir",
+        d
+    ])
+    .status
+    .success());
+    assert!(run(&["user", "remove", "live:bob", "--data-dir", d])
+        .status
+        .success());
+    assert!(!run(&["user", "remove", "live:bob", "--data-dir", d])
+        .status
+        .success());
+    let out = run(&["user", "list", "--data-dir", d]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\n");
+}
+
+#[test]
+fn two_clients_exchange_a_message_through_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for name in ["alice", "bob"] {
+        assert!(run(&[
+            "user",
+            "add",
+            name,
+            "--password",
+            "secret1",
+            "--data-dir",
+            d
+        ])
+        .status
+        .success());
+    }
+    let (_server, msnp, http) = serve(dir.path());
+    let server = format!("127.0.0.1:{msnp}");
+    let http = format!("http://127.0.0.1:{http}");
+    let mut bob = Command::new(BIN)
+        .args([
+            "client",
+            "--server",
+            &server,
+            "--http",
+            &http,
+            "--user",
+            "bob",
+            "--password",
+            "secret1",
+            "--listen-secs",
+            "8",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bob_out = BufReader::new(bob.stdout.take().unwrap());
+    let mut line = String::new();
+    bob_out.read_line(&mut line).unwrap();
+    assert_eq!(line, "signed in as 8:bob\n");
+
+    let out = run(&[
+        "client",
+        "--server",
+        &server,
+        "--http",
+        &http,
+        "--user",
+        "alice",
+        "--password",
+        "secret1",
+        "--to",
+        "bob",
+        "--message",
+        "hello bob",
+        "--no-listen",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sent to 8:bob (Message-ID "), "{stdout}");
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if bob_out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains("hello bob") {
+            break;
+        }
+    }
+    let _ = bob.kill();
+    let _ = bob.wait();
+    assert!(seen.contains("[Text] 8:alice;epid={"), "{seen}");
+    assert!(seen.contains(": hello bob"), "{seen}");
+
+    let out = run(&[
+        "client",
+        "--server",
+        &server,
+        "--http",
+        &http,
+        "--user",
+        "alice",
+        "--password",
+        "wrong-pw",
+        "--no-listen",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}

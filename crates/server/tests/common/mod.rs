@@ -1,0 +1,114 @@
+//! Shared test harness: a real server on 127.0.0.1 (random ports, temporary data directory, real
+//! SQLite file) and clients that speak to it over TCP with the project's client library.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use msnp24_client::Client;
+use msnp24_proto::{AccountName, Frame};
+use msnp24_server::{accounts, Config, Server};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+pub const PASSWORD: &str = "correct horse";
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        edit(&mut config);
+        let server = Server::start(config.clone()).await.unwrap();
+        TestServer {
+            server: Some(server),
+            dir,
+            config,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.server().http_addr)
+    }
+
+    pub async fn add_user(&self, name: &str) {
+        let hash = accounts::hash_password(PASSWORD.to_string()).await.unwrap();
+        self.server()
+            .state()
+            .storage
+            .create_account(&AccountName::parse(name).unwrap(), &hash)
+            .await
+            .unwrap();
+    }
+
+    pub async fn token(&self, name: &str) -> String {
+        msnp24_client::http_login(&self.http(), name, PASSWORD)
+            .await
+            .unwrap()
+            .token
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect_tcp(self.server().tcp_addr).await.unwrap()
+    }
+
+    /// A client that has logged in over HTTP, run the handshake and subscribed to messaging.
+    pub async fn signed_in(&self, name: &str) -> Client {
+        let token = self.token(name).await;
+        let mut c = self.connect().await;
+        c.login(name, &token, &msnp24_client::new_epid())
+            .await
+            .unwrap();
+        c
+    }
+
+    /// Stops the server and starts a new one on the same data directory (new ports).
+    pub async fn restart(&mut self) {
+        self.server.take().unwrap().shutdown().await;
+        self.server = Some(Server::start(self.config.clone()).await.unwrap());
+    }
+}
+
+/// The first line of a frame, as the wire shows it.
+pub fn first_line(f: &Frame) -> String {
+    format!("{} {} {} {}", f.cmd, f.trid, f.target, f.payload.len())
+}
+
+/// Asserts that no frame a client received broke a §0 rule.
+pub fn assert_conformant(c: &Client) {
+    let v = c.violations();
+    assert!(v.is_empty(), "frames broke §0: {v:#?}");
+}
