@@ -133,6 +133,7 @@ mod tests {
             toml::from_str("idle_timeout_secs = 5\n[login_throttle]\nlockout_secs = 1\n").unwrap();
         assert_eq!(c.idle_timeout_secs, 5);
         assert_eq!(c.login_throttle.lockout_secs, 1);
+        assert_eq!(c.send_rate.burst, 100);
         assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
     }
 
@@ -146,6 +147,7 @@ mod tests {
             .expect("docs/configuration.md has a TOML example");
         let c: Config = toml::from_str(example).unwrap();
         assert_eq!(c.login_throttle.lockout_secs, 600);
+        assert_eq!(c.send_rate.burst, 50);
         assert_eq!(c.tls_listen.map(|a| a.port()), Some(443));
     }
 }

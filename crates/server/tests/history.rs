@@ -448,4 +448,6 @@ async fn history_and_properties_survive_a_restart() {
     );
     let mine = a.conversations(&["8:bob"]).await.unwrap().conversations;
     assert_eq!(mine[0].properties.len(), 1);
+    assert_conformant(&a);
+    assert_conformant(&b);
 }
