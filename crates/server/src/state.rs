@@ -7,6 +7,7 @@ use msnp24_proto::Limits;
 
 use crate::accounts::LoginThrottle;
 use crate::config::Config;
+use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
 use crate::storage::Storage;
 use crate::tokens::TokenSigner;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub tokens: TokenSigner,
     /// Failed-login throttle.
     pub throttle: LoginThrottle,
+    /// Per-account `SDG` rate.
+    pub send_limiter: SendLimiter,
     next_conn: AtomicU64,
 }
 
@@ -35,12 +38,14 @@ impl AppState {
         tokens: TokenSigner,
     ) -> AppState {
         let throttle = LoginThrottle::new(config.login_throttle.clone());
+        let send_limiter = SendLimiter::new(config.send_rate.clone());
         AppState {
             config,
             storage,
             router,
             tokens,
             throttle,
+            send_limiter,
             next_conn: AtomicU64::new(1),
         }
     }

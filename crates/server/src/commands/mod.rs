@@ -8,6 +8,7 @@ use crate::session::Session;
 pub mod auth;
 pub mod bind;
 pub mod connect;
+pub mod conversations;
 pub mod endpoint;
 pub mod messaging;
 pub mod subscriptions;
@@ -90,7 +91,13 @@ pub async fn dispatch(
         ("PUT", "MSGR\\ACTIVEENDPOINT") => endpoint::active_endpoint(s, frame, payload, out),
         ("PUT", "MSGR\\SUBSCRIPTIONS") => subscriptions::put(s, frame, payload, out).await,
         ("SDG", "MSGR") => messaging::sdg(s, frame, out).await,
-        ("ACK", "MSGR") => messaging::ack(s, frame, payload, out),
+        ("ACK", "MSGR") => messaging::ack(s, frame, payload, out).await,
+        ("GET", "MSGR\\RECENTCONVERSATIONS") => conversations::recent(s, frame, payload, out).await,
+        ("GET", "MSGR\\MESSAGESBYCONVERSATION") => {
+            conversations::messages(s, frame, payload, out).await
+        }
+        ("GET", "MSGR\\CONVERSATIONS") => conversations::get(s, frame, payload, out).await,
+        ("PUT", "MSGR\\CONVERSATION") => conversations::put(s, frame, payload, out).await,
         _ => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             format!("unknown command {} {}", frame.cmd, frame.target),
