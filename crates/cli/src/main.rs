@@ -1,5 +1,6 @@
 //! The `msnp24` binary: run the server, manage accounts, and talk to a server as a client.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,8 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use msnp24_proto::{AccountName, FormattedMessage};
-use msnp24_server::storage::{Storage, StorageError};
-use msnp24_server::{accounts, Config, Server};
+use msnp24_server::accounts::AccountError;
+use msnp24_server::storage::{ProfileUpdate, Storage, StorageError};
+use msnp24_server::{accounts, certs, Config, Server};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +34,36 @@ enum Command {
     },
     /// Log in to a server, optionally send a message, and print what arrives.
     Client(ClientArgs),
+    /// Certificates: export the CA clients must trust.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write the certificate clients must trust (the local CA, created if needed).
+    Export {
+        /// `pem`, or `pkcs12` for trust stores that want one (empty password).
+        #[arg(long, value_enum, default_value = "pem")]
+        format: CertFormat,
+        /// Output file; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// TOML configuration file (for an operator's own certificate).
+        #[arg(long, env = "MSNP24_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+/// Output formats of `cert export`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CertFormat {
+    Pem,
+    Pkcs12,
 }
 
 #[derive(Args)]
@@ -54,6 +86,12 @@ struct ServeArgs {
     /// HTTP address (POST /login, GET /healthz).
     #[arg(long, env = "MSNP24_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// HTTPS address (the same routes, and the compatibility services real clients call).
+    #[arg(long, env = "MSNP24_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Turn the HTTPS listener off.
+    #[arg(long, conflicts_with = "https_listen")]
+    no_https: bool,
     /// Seconds without any frame before a connection is closed.
     #[arg(long)]
     idle_timeout: Option<u64>,
@@ -75,6 +113,28 @@ enum UserCommand {
         /// Password (at least 6 characters).
         #[arg(long, env = "MSNP24_PASSWORD")]
         password: String,
+        /// E-mail alias: accepted by the login form and as a `1:` address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Display name shown by the profile service.
+        #[arg(long)]
+        display_name: Option<String>,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Change an account's profile (an empty value clears a field).
+    Set {
+        /// Account name.
+        name: String,
+        /// E-mail alias.
+        #[arg(long)]
+        email: Option<String>,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Mood text.
+        #[arg(long)]
+        mood: Option<String>,
         #[command(flatten)]
         dir: DataDir,
     },
@@ -110,7 +170,7 @@ struct ClientArgs {
     /// The server's HTTP base URL, for the login token.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http: String,
-    /// Connect over TLS, trusting this PEM certificate (e.g. msnp24-data/tls/server.crt).
+    /// Connect over TLS, trusting this PEM certificate (e.g. msnp24-data/tls/ca.crt).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
     /// Account name.
@@ -170,6 +230,10 @@ async fn main() -> anyhow::Result<()> {
             init_logging("warn");
             client(args).await
         }
+        Command::Cert { command } => {
+            init_logging("warn");
+            cert(command).await
+        }
     }
 }
 
@@ -193,15 +257,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(a) = args.http_listen {
         config.http_listen = a;
     }
+    if let Some(a) = args.https_listen {
+        config.https_listen = Some(a);
+    }
+    if args.no_https {
+        config.https_listen = None;
+    }
     if let Some(t) = args.idle_timeout {
         config.idle_timeout_secs = t;
     }
     let server = Server::start(config).await?;
-    println!(
-        "msnp24 listening: msnp {} | msnp+tls {} | http {}",
+    // One line for scripts; written without panicking if whoever started us closed stdout.
+    let ca = server
+        .ca_cert_path
+        .as_ref()
+        .map(|p| format!(" | clients trust {}", p.display()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        std::io::stdout(),
+        "msnp24 listening: msnp {} | msnp+tls {} | http {} | https {}{ca}",
         server.tcp_addr,
         server.tls_addr.map_or("off".into(), |a| a.to_string()),
-        server.http_addr
+        server.http_addr,
+        server.https_addr.map_or("off".into(), |a| a.to_string()),
     );
     wait_for_signal().await;
     server.shutdown().await;
@@ -238,6 +316,54 @@ async fn open(dir: &DataDir) -> anyhow::Result<msnp24_server::storage::SqliteSto
     msnp24_server::open_storage(&config).await
 }
 
+fn checked_email(raw: &str) -> anyhow::Result<String> {
+    let e = raw.trim().to_ascii_lowercase();
+    let valid = e.len() <= 254
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ';' | '<' | '>' | ','));
+    if !valid {
+        bail!("{raw:?} is not an e-mail address");
+    }
+    Ok(e)
+}
+
+async fn cert(command: CertCommand) -> anyhow::Result<()> {
+    let CertCommand::Export {
+        format,
+        out,
+        config,
+        dir,
+    } = command;
+    let mut config = match &config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if config.tls_cert.is_none() {
+        config.data_dir = dir.data_dir;
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let format = match format {
+        CertFormat::Pem => certs::ExportFormat::Pem,
+        CertFormat::Pkcs12 => certs::ExportFormat::Pkcs12,
+    };
+    let bytes = certs::export_trust(&config, format)?;
+    match out {
+        Some(path) => {
+            std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => std::io::stdout().write_all(&bytes)?,
+    }
+    Ok(())
+}
+
 fn name(raw: &str) -> anyhow::Result<AccountName> {
     AccountName::parse(raw).map_err(|e| anyhow::anyhow!("{raw:?}: {e}"))
 }
@@ -247,15 +373,67 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add {
             name: raw,
             password,
+            email,
+            display_name,
             dir,
         } => {
             let name = name(&raw)?;
-            accounts::validate_password(&password).map_err(|e| anyhow::anyhow!(e))?;
+            let email = email.map(|e| checked_email(&e)).transpose()?;
             let storage = open(&dir).await?;
-            let hash = accounts::hash_password(password).await?;
-            match storage.create_account(&name, &hash).await {
-                Ok(_) => println!("created {name}"),
-                Err(StorageError::Conflict) => bail!("an account named {name} already exists"),
+            match accounts::create(&storage, &name, &password).await {
+                Ok(_) => {}
+                Err(AccountError::Conflict) => bail!("an account named {name} already exists"),
+                Err(e) => bail!("{e}"),
+            }
+            let update = ProfileUpdate {
+                email,
+                display_name,
+                mood: None,
+            };
+            if update != ProfileUpdate::default() {
+                if let Err(e) = storage.update_profile(&name, &update).await {
+                    // Keep the command all-or-nothing: no half-made account.
+                    storage.remove_account(&name).await?;
+                    match e {
+                        StorageError::Conflict => {
+                            bail!("that e-mail alias belongs to another account")
+                        }
+                        e => return Err(e.into()),
+                    }
+                }
+            }
+            println!("created {name}");
+            storage.close().await;
+        }
+        UserCommand::Set {
+            name: raw,
+            email,
+            display_name,
+            mood,
+            dir,
+        } => {
+            let name = name(&raw)?;
+            let email = email
+                .map(|e| {
+                    if e.is_empty() {
+                        Ok(e)
+                    } else {
+                        checked_email(&e)
+                    }
+                })
+                .transpose()?;
+            let storage = open(&dir).await?;
+            let update = ProfileUpdate {
+                email,
+                display_name,
+                mood,
+            };
+            match storage.update_profile(&name, &update).await {
+                Ok(true) => println!("updated {name}"),
+                Ok(false) => bail!("no account named {name}"),
+                Err(StorageError::Conflict) => {
+                    bail!("that e-mail alias belongs to another account")
+                }
                 Err(e) => return Err(e.into()),
             }
             storage.close().await;
@@ -264,7 +442,10 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             let storage = open(&dir).await?;
             let accounts = storage.list_accounts().await?;
             for a in &accounts {
-                println!("{}", a.name);
+                match &a.email {
+                    Some(email) => println!("{}\t{email}", a.name),
+                    None => println!("{}", a.name),
+                }
             }
             eprintln!("{} account(s)", accounts.len());
             storage.close().await;
@@ -275,13 +456,12 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             dir,
         } => {
             let name = name(&raw)?;
-            accounts::validate_password(&password).map_err(|e| anyhow::anyhow!(e))?;
             let storage = open(&dir).await?;
-            let hash = accounts::hash_password(password).await?;
-            if !storage.set_password(&name, &hash).await? {
-                bail!("no account named {name}");
+            match accounts::set_password(&storage, &name, &password).await {
+                Ok(()) => println!("password changed for {name}; earlier tokens no longer work"),
+                Err(AccountError::NotFound) => bail!("no account named {name}"),
+                Err(e) => bail!("{e}"),
             }
-            println!("password changed for {name}; earlier tokens no longer work");
             storage.close().await;
         }
         UserCommand::Remove { name: raw, dir } => {

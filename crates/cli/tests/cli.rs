@@ -32,13 +32,14 @@ impl Drop for Serve {
 }
 
 fn serve(dir: &Path) -> (Serve, u16, u16) {
-    let (msnp, tls, http) = (free_port(), free_port(), free_port());
+    let (msnp, tls, http, https) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{msnp}")])
         .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--https-listen", &format!("127.0.0.1:{https}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -127,6 +128,121 @@ fn user_administration() {
         .success());
     let out = run(&["user", "list", "--data-dir", d]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\n");
+
+    // E-mail aliases and profiles.
+    let out = run(&[
+        "user",
+        "add",
+        "live:carol",
+        "--password",
+        "secret1",
+        "--email",
+        "Carol@Example.com",
+        "--display-name",
+        "Carol C",
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&[
+        "user",
+        "add",
+        "dave",
+        "--password",
+        "secret1",
+        "--email",
+        "carol@example.com",
+        "--data-dir",
+        d,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to another account"),
+        "{out:?}"
+    );
+    assert!(!run(&[
+        "user",
+        "add",
+        "erin",
+        "--password",
+        "secret1",
+        "--email",
+        "not-an-address",
+        "--data-dir",
+        d
+    ])
+    .status
+    .success());
+    let out = run(&["user", "list", "--data-dir", d]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\nlive:carol\tcarol@example.com\n",
+        "dave was not half-created"
+    );
+    assert!(run(&[
+        "user",
+        "set",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--mood",
+        "busy",
+        "--data-dir",
+        d
+    ])
+    .status
+    .success());
+    assert!(!run(&[
+        "user",
+        "set",
+        "live:carol",
+        "--email",
+        "alice@example.com",
+        "--data-dir",
+        d
+    ])
+    .status
+    .success());
+    assert!(
+        run(&["user", "set", "live:carol", "--email", "", "--data-dir", d])
+            .status
+            .success()
+    );
+    let out = run(&["user", "list", "--data-dir", d]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\talice@example.com\nlive:carol\n"
+    );
+}
+
+#[test]
+fn cert_export_writes_the_ca_in_both_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let pem_path = dir.path().join("ca.pem");
+    let out = run(&[
+        "cert",
+        "export",
+        "--format",
+        "pem",
+        "--out",
+        pem_path.to_str().unwrap(),
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let pem = std::fs::read_to_string(&pem_path).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+    assert_eq!(
+        pem,
+        std::fs::read_to_string(dir.path().join("tls/ca.crt")).unwrap()
+    );
+    // Exporting again gives the same CA (it is created once).
+    let out = run(&["cert", "export", "--data-dir", d]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), pem);
+    let out = run(&["cert", "export", "--format", "pkcs12", "--data-dir", d]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout[0], 0x30, "DER SEQUENCE");
+    assert!(out.stdout.len() > 300);
 }
 
 #[test]

@@ -11,7 +11,13 @@ use argon2::password_hash::{
 };
 use argon2::Argon2;
 
+use base64::Engine;
+use md5::{Digest, Md5};
+use msnp24_proto::AccountName;
+
 use crate::config::ThrottleConfig;
+use crate::state::AppState;
+use crate::storage::{Account, Storage, StorageError};
 
 /// Hashes a password with argon2id (m=19 MiB, t=2, p=1) on a blocking thread.
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
@@ -43,6 +49,157 @@ pub async fn verify_password(password: String, hash: String) -> bool {
 /// A hash that matches nothing, checked when the account does not exist so that unknown names
 /// take as long as wrong passwords.
 pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ag3Ze5Ctv6mzXdmZjfK6ZhkImTPyjTgDSuF+6wdp6fQ";
+
+/// The digest Skype-name clients send to `/login/skypetoken`:
+/// base64(MD5(name + "\nskyper\n" + password)), with the name in lower case.
+pub fn legacy_digest(name: &str, password: &str) -> String {
+    let mut md5 = Md5::new();
+    md5.update(name.to_ascii_lowercase().as_bytes());
+    md5.update(b"\nskyper\n");
+    md5.update(password.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(md5.finalize())
+}
+
+/// Both hashes kept for a password: argon2 of the password, and argon2 of its legacy digest.
+pub async fn hash_credentials(
+    name: &AccountName,
+    password: &str,
+) -> anyhow::Result<(String, String)> {
+    let digest = legacy_digest(name.as_str(), password);
+    let hash = hash_password(password.to_string()).await?;
+    let legacy = hash_password(digest).await?;
+    Ok((hash, legacy))
+}
+
+/// Why an account could not be created or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The password breaks the rules.
+    #[error("{0}")]
+    BadPassword(&'static str),
+    /// The name (or e-mail alias) is taken.
+    #[error("already exists")]
+    Conflict,
+    /// No such account.
+    #[error("no such account")]
+    NotFound,
+    /// Storage or hashing failed.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<StorageError> for AccountError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Conflict => AccountError::Conflict,
+            e => AccountError::Other(e.into()),
+        }
+    }
+}
+
+/// Creates an account with a checked, hashed password.
+pub async fn create(
+    storage: &dyn Storage,
+    name: &AccountName,
+    password: &str,
+) -> Result<Account, AccountError> {
+    validate_password(password).map_err(AccountError::BadPassword)?;
+    let (hash, legacy) = hash_credentials(name, password).await?;
+    Ok(storage.create_account(name, &hash, &legacy).await?)
+}
+
+/// Sets a new password; every token issued before stops working.
+pub async fn set_password(
+    storage: &dyn Storage,
+    name: &AccountName,
+    password: &str,
+) -> Result<(), AccountError> {
+    validate_password(password).map_err(AccountError::BadPassword)?;
+    let (hash, legacy) = hash_credentials(name, password).await?;
+    if storage.set_password(name, &hash, &legacy).await? {
+        Ok(())
+    } else {
+        Err(AccountError::NotFound)
+    }
+}
+
+/// Why a password login failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// Too many failures for this account or address; retry after this many seconds.
+    #[error("too many failed logins; try again in {0} s")]
+    Throttled(u64),
+    /// Unknown user or wrong password (deliberately indistinguishable).
+    #[error("unknown user or wrong password")]
+    Invalid,
+    /// Storage failed.
+    #[error("internal error")]
+    Internal,
+}
+
+/// Which secret a login presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret<'a> {
+    /// The password itself.
+    Password(&'a str),
+    /// The legacy Skype digest of it.
+    LegacyDigest(&'a str),
+}
+
+/// Finds an account by name or e-mail alias.
+pub async fn find(storage: &dyn Storage, login: &str) -> Result<Option<Account>, StorageError> {
+    let login = login.trim();
+    if login.contains('@') {
+        return storage.account_by_email(login).await;
+    }
+    match AccountName::parse(login) {
+        Ok(name) => storage.account(&name).await,
+        Err(_) => Ok(None),
+    }
+}
+
+/// Checks a login (name or e-mail, and a secret) with throttling per account and per address.
+/// Unknown accounts are checked against a dummy hash so both failures take as long.
+pub async fn authenticate(
+    state: &AppState,
+    login: &str,
+    secret: Secret<'_>,
+    ip: IpAddr,
+) -> Result<Account, LoginError> {
+    let key = login.trim().to_ascii_lowercase();
+    if let Some(wait) = state.throttle.locked(&key, ip) {
+        tracing::info!(%ip, account = %key, "login throttled");
+        return Err(LoginError::Throttled(wait));
+    }
+    let account = find(state.storage.as_ref(), login).await.map_err(|e| {
+        tracing::error!(error = %e, "login lookup failed");
+        LoginError::Internal
+    })?;
+    let (presented, hash) = match (secret, &account) {
+        (Secret::Password(p), Some(a)) => (p.to_string(), a.password_hash.clone()),
+        (Secret::LegacyDigest(d), Some(a)) => (
+            d.to_string(),
+            a.legacy_hash
+                .clone()
+                .unwrap_or_else(|| DUMMY_HASH.to_string()),
+        ),
+        (Secret::Password(p) | Secret::LegacyDigest(p), None) => {
+            (p.to_string(), DUMMY_HASH.to_string())
+        }
+    };
+    let ok = verify_password(presented, hash).await;
+    match account.filter(|_| ok) {
+        Some(a) => {
+            state.throttle.succeeded(&key);
+            Ok(a)
+        }
+        None => {
+            state.throttle.failed(&key, ip);
+            tracing::info!(%ip, account = %key, "login failed");
+            Err(LoginError::Invalid)
+        }
+    }
+}
 
 /// Checks that a new password is acceptable.
 pub fn validate_password(password: &str) -> Result<(), &'static str> {
@@ -167,6 +324,15 @@ mod tests {
         assert!(!verify_password("wrong".into(), h).await);
         assert!(!verify_password("x".into(), "not a hash".into()).await);
         assert!(!verify_password("x".into(), DUMMY_HASH.into()).await);
+    }
+
+    #[test]
+    fn legacy_digest_is_base64_md5() {
+        // MD5("alice\nskyper\nsecret") computed independently (Python hashlib).
+        let d = legacy_digest("Alice", "secret");
+        assert_eq!(d, "Iu55xV3cyxzQZeFgaSJ/Qw==");
+        assert_eq!(d, legacy_digest("alice", "secret"));
+        assert_ne!(d, legacy_digest("alice", "secret2"));
     }
 
     #[test]

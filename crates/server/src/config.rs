@@ -16,9 +16,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// MSNP over TLS listener; `None` turns it off.
     pub tls_listen: Option<SocketAddr>,
-    /// HTTP listener for `POST /login` and `GET /healthz`.
+    /// HTTP listener for `POST /login`, `GET /healthz` and the compatibility services.
     pub http_listen: SocketAddr,
-    /// PEM certificate chain for TLS; generated (self-signed) in the data directory when absent.
+    /// HTTPS listener for the same routes; `None` turns it off.
+    pub https_listen: Option<SocketAddr>,
+    /// Host names of the generated server certificate (clients reach us under these names).
+    pub tls_names: Vec<String>,
+    /// PEM certificate chain for TLS; when absent, a local CA in the data directory issues one.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
@@ -89,6 +93,16 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1863)),
             tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1864))),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            https_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            tls_names: [
+                "localhost",
+                "login.live.com",
+                "api.skype.com",
+                "contacts.skype.com",
+                "s.gateway.messenger.live.com",
+            ]
+            .map(String::from)
+            .to_vec(),
             tls_cert: None,
             tls_key: None,
             max_payload: 128 * 1024,

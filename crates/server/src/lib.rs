@@ -2,6 +2,7 @@
 //! TLS and HTTP at the edge. `Server::start` runs it in-process (the CLI and the tests both do).
 
 pub mod accounts;
+pub mod certs;
 pub mod commands;
 pub mod config;
 pub mod http;

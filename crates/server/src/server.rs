@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::certs;
 use crate::config::Config;
+use crate::http::PeerAddr;
 use crate::routing::LocalRouter;
 use crate::state::AppState;
 use crate::storage::SqliteStorage;
@@ -24,8 +26,12 @@ pub struct Server {
     pub tls_addr: Option<SocketAddr>,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// Where HTTPS listens, if enabled.
+    pub https_addr: Option<SocketAddr>,
     /// PEM file of the TLS certificate in use.
     pub tls_cert_path: Option<std::path::PathBuf>,
+    /// PEM file of the local CA clients must trust (absent with an operator's certificate).
+    pub ca_cert_path: Option<std::path::PathBuf>,
     state: Arc<AppState>,
     storage: SqliteStorage,
     shutdown: watch::Sender<bool>,
@@ -54,9 +60,10 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let storage = open_storage(&config).await?;
         let tokens = TokenSigner::load_or_create(&config.data_dir)?;
-        let tls_material = match config.tls_listen {
-            Some(_) => Some(tls::load_or_generate(&config)?),
-            None => None,
+        let tls_material = if config.tls_listen.is_some() || config.https_listen.is_some() {
+            Some(certs::load_or_generate(&config)?)
+        } else {
+            None
         };
         let state = Arc::new(AppState::new(
             config.clone(),
@@ -94,7 +101,7 @@ impl Server {
         let http = bind(config.http_listen, "HTTP").await?;
         let http_addr = http.local_addr()?;
         let app =
-            crate::http::routes(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            crate::http::routes(state.clone()).into_make_service_with_connect_info::<PeerAddr>();
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let result = axum::serve(http, app)
@@ -104,12 +111,32 @@ impl Server {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         }));
+
+        let mut https_addr = None;
+        if let (Some(addr), Some(material)) = (config.https_listen, &tls_material) {
+            let listener = bind(addr, "HTTPS").await?;
+            https_addr = Some(listener.local_addr()?);
+            let tls =
+                tls::TlsListener::spawn(listener, tls::acceptor(material)?, shutdown_rx.clone())?;
+            let app = crate::http::routes(state.clone())
+                .into_make_service_with_connect_info::<PeerAddr>();
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = axum::serve(tls, app)
+                    .with_graceful_shutdown(async move { transport::stopped(&mut stop).await })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "HTTPS listener failed");
+                }
+            }));
+        }
         drop(done_tx);
 
         tracing::info!(
             msnp = %tcp_addr,
             msnp_tls = %tls_addr.map_or("off".to_string(), |a| a.to_string()),
             http = %http_addr,
+            https = %https_addr.map_or("off".to_string(), |a| a.to_string()),
             data_dir = %config.data_dir.display(),
             "msnp24 listening"
         );
@@ -117,6 +144,8 @@ impl Server {
             tcp_addr,
             tls_addr,
             http_addr,
+            https_addr,
+            ca_cert_path: tls_material.as_ref().and_then(|m| m.ca_path.clone()),
             tls_cert_path: tls_material.map(|m| m.cert_path),
             state,
             storage,

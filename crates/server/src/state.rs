@@ -9,8 +9,23 @@ use crate::accounts::LoginThrottle;
 use crate::config::Config;
 use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
+use crate::storage::Account;
 use crate::storage::Storage;
-use crate::tokens::TokenSigner;
+use crate::tokens::{Claims, TokenError, TokenKind, TokenSigner};
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// Forged, malformed or expired.
+    #[error(transparent)]
+    Token(TokenError),
+    /// The account is gone or its password changed since.
+    #[error("token revoked")]
+    Revoked,
+    /// Storage failed.
+    #[error("internal error")]
+    Internal,
+}
 
 /// Shared server state.
 pub struct AppState {
@@ -53,6 +68,42 @@ impl AppState {
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Issues a token of `kind` for `account`, valid `ttl_secs`; returns it and its expiry.
+    pub fn issue(&self, kind: TokenKind, account: &Account, ttl_secs: u64) -> (String, i64) {
+        let expires_at = now_secs() + ttl_secs as i64;
+        let token = self.tokens.issue(
+            kind,
+            &Claims {
+                account: account.name.clone(),
+                generation: account.generation,
+                expires_at,
+                epid: None,
+            },
+        );
+        (token, expires_at)
+    }
+
+    /// Checks a token of `kind` and that its account still exists under the same generation
+    /// (a password change or removal revokes every earlier token).
+    pub async fn verify_account_token(
+        &self,
+        kind: TokenKind,
+        token: &str,
+    ) -> Result<Account, TokenRefusal> {
+        let claims = self
+            .tokens
+            .verify(kind, token, now_secs())
+            .map_err(TokenRefusal::Token)?;
+        match self.storage.account(&claims.account).await {
+            Ok(Some(a)) if a.generation == claims.generation => Ok(a),
+            Ok(_) => Err(TokenRefusal::Revoked),
+            Err(e) => {
+                tracing::error!(error = %e, "token account lookup failed");
+                Err(TokenRefusal::Internal)
+            }
+        }
     }
 
     /// Frame decoding limits from the configuration.

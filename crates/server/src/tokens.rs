@@ -20,6 +20,10 @@ pub enum TokenKind {
     Login,
     /// Issued in `Set-Registration`; names one endpoint.
     Registration,
+    /// An OAuth refresh token from the compatibility login (§10).
+    Refresh,
+    /// A skypetoken for the profile and contacts services (§10).
+    Skype,
 }
 
 impl TokenKind {
@@ -27,6 +31,8 @@ impl TokenKind {
         match self {
             TokenKind::Login => "L",
             TokenKind::Registration => "R",
+            TokenKind::Refresh => "F",
+            TokenKind::Skype => "S",
         }
     }
 }
@@ -94,6 +100,15 @@ impl TokenSigner {
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(body);
         mac
+    }
+
+    /// A short keyed digest of `data` (base64url), for values the server hands out and must
+    /// recognise later without storing them.
+    pub fn tag(&self, purpose: &str, data: &[u8]) -> String {
+        let mut mac = self.mac(purpose.as_bytes());
+        mac.update(b"|");
+        mac.update(data);
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..18])
     }
 
     /// Issues a token of `kind`.

@@ -282,7 +282,7 @@ async fn tls_connection_completes_the_same_handshake() {
     let t = TestServer::start().await;
     t.add_user("alice").await;
     let token = t.token("alice").await;
-    let ca = std::fs::read(t.server().tls_cert_path.as_ref().unwrap()).unwrap();
+    let ca = std::fs::read(t.server().ca_cert_path.as_ref().unwrap()).unwrap();
     let mut c = Client::connect_tls(t.server().tls_addr.unwrap(), "localhost", &ca)
         .await
         .unwrap();

@@ -91,8 +91,7 @@ async fn password_change_and_removal_revoke_tokens() {
     let token = t.token("alice").await;
     let storage = &t.server().state().storage;
     let name = AccountName::parse("alice").unwrap();
-    storage
-        .set_password(&name, "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$x")
+    msnp24_server::accounts::set_password(storage.as_ref(), &name, "new password")
         .await
         .unwrap();
     let mut c = t.connect().await;

@@ -5,7 +5,7 @@ use msnp24_proto::{ErrorCode, Frame, Payload};
 
 use super::{bad_xml, internal, Flow, Outcome, Refusal};
 use crate::session::{Phase, Session};
-use crate::state::now_secs;
+use crate::state::TokenRefusal;
 use crate::tokens::TokenKind;
 
 /// Authenticates the connection (or refreshes the credentials of an authenticated one).
@@ -16,22 +16,24 @@ pub async fn ath(
     out: &mut Vec<Frame>,
 ) -> Outcome {
     let user = AuthUser::parse(&payload.body).map_err(bad_xml)?;
-    let now = now_secs();
-    let claims = user
-        .credentials()
-        .iter()
-        .find_map(|c| s.state.tokens.verify(TokenKind::Login, c, now).ok())
-        .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "Authentication failed"))?;
-    // A signature alone is not enough: the account must still exist under the same generation,
-    // so a password change or removal revokes earlier tokens.
-    let account = s
-        .state
-        .storage
-        .account(&claims.account)
-        .await
-        .map_err(internal)?
-        .filter(|a| a.generation == claims.generation)
-        .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "Authentication failed"))?;
+    // The first credential that is one of our live login tokens wins (§2.2).
+    let mut account = None;
+    for credential in user.credentials() {
+        match s
+            .state
+            .verify_account_token(TokenKind::Login, &credential)
+            .await
+        {
+            Ok(a) => {
+                account = Some(a);
+                break;
+            }
+            Err(TokenRefusal::Internal) => return Err(internal("token check failed")),
+            Err(_) => {}
+        }
+    }
+    let account =
+        account.ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "Authentication failed"))?;
     match &s.phase {
         Phase::New | Phase::Connected => {
             tracing::info!(conn = s.conn_id, peer = %s.peer, account = %account.name, "authenticated");

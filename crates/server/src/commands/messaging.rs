@@ -66,19 +66,24 @@ fn delivered_content(client: &Headers, message_id: i64, arrival_ms: i64) -> Head
     out
 }
 
-/// Resolves a one-to-one recipient to an account name.
-fn recipient_account(to: &Mri) -> Result<AccountName, Refusal> {
+/// Resolves a one-to-one recipient (`8:name`, or `1:` and an e-mail alias) to an account name.
+async fn recipient_account(s: &Session, to: &Mri) -> Result<AccountName, Refusal> {
+    let unknown = || Refusal::new(ErrorCode::InvalidParameter, "unknown recipient");
     match to.network {
-        Network::Skype => AccountName::parse(&to.id)
-            .map_err(|_| Refusal::new(ErrorCode::InvalidParameter, "unknown recipient")),
+        Network::Skype => AccountName::parse(&to.id).map_err(|_| unknown()),
+        Network::Live => s
+            .state
+            .storage
+            .account_by_email(&to.id)
+            .await
+            .map_err(internal)?
+            .map(|a| a.name)
+            .ok_or_else(unknown),
         Network::Thread => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             "group chats are not available on this server yet",
         )),
-        _ => Err(Refusal::new(
-            ErrorCode::InvalidParameter,
-            "unknown recipient",
-        )),
+        _ => Err(unknown()),
     }
 }
 
@@ -108,7 +113,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
         .to()
         .and_then(|t| Mri::parse(t).ok())
         .ok_or_else(|| Refusal::new(ErrorCode::InvalidParameter, "bad To address"))?;
-    let recipient = recipient_account(&to)?;
+    let recipient = recipient_account(s, &to).await?;
     if recipient != bound.account
         && s.state
             .storage

@@ -1,12 +1,17 @@
 //! The HTTP listener: `POST /login` and `GET /healthz`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::connect_info::Connected;
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::Router;
+use tokio::net::TcpListener;
 
 use crate::state::AppState;
 
+pub mod compat;
 pub mod login;
 
 /// The HTTP routes.
@@ -14,7 +19,24 @@ pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/login", post(login::login))
         .route("/healthz", get(healthz))
+        .merge(compat::routes())
         .with_state(state)
+}
+
+/// The client's address, for throttling; the same type serves the HTTP and HTTPS listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::transport::tls::TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::transport::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

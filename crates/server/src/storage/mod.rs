@@ -44,6 +44,25 @@ pub struct Account {
     pub generation: i64,
     /// Creation time, unix seconds.
     pub created_at: i64,
+    /// E-mail alias (lower case): the login form accepts it and `1:<email>` addresses the account.
+    pub email: Option<String>,
+    /// Display name served by the profile endpoints.
+    pub display_name: Option<String>,
+    /// Mood text served by the profile endpoints.
+    pub mood: Option<String>,
+    /// argon2 hash of the legacy Skype digest base64(MD5(name + "\nskyper\n" + password)).
+    pub legacy_hash: Option<String>,
+}
+
+/// Profile fields to change; `None` leaves a field as it is, `Some("")` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileUpdate {
+    /// New e-mail alias.
+    pub email: Option<String>,
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New mood.
+    pub mood: Option<String>,
 }
 
 /// An account taking part in a conversation, and the id under which it sees it.
@@ -144,18 +163,34 @@ pub fn conversation_key(a: &str, b: &str) -> String {
 /// Everything the server keeps on disk.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Creates an account; `Conflict` if the name is taken.
+    /// Creates an account with both password hashes; `Conflict` if the name is taken.
     async fn create_account(
         &self,
         name: &AccountName,
         password_hash: &str,
+        legacy_hash: &str,
     ) -> StorageResult<Account>;
     /// Looks an account up by name.
     async fn account(&self, name: &AccountName) -> StorageResult<Option<Account>>;
     /// Every account, by name.
     async fn list_accounts(&self) -> StorageResult<Vec<Account>>;
-    /// Replaces the password hash and bumps the generation; false if there is no such account.
-    async fn set_password(&self, name: &AccountName, password_hash: &str) -> StorageResult<bool>;
+    /// Looks an account up by its e-mail alias (lower case).
+    async fn account_by_email(&self, email: &str) -> StorageResult<Option<Account>>;
+    /// Replaces both password hashes and bumps the generation (revoking earlier tokens); false if
+    /// there is no such account.
+    async fn set_password(
+        &self,
+        name: &AccountName,
+        password_hash: &str,
+        legacy_hash: &str,
+    ) -> StorageResult<bool>;
+    /// Changes profile fields; `Conflict` if the e-mail alias belongs to another account, false if
+    /// there is no such account.
+    async fn update_profile(
+        &self,
+        name: &AccountName,
+        update: &ProfileUpdate,
+    ) -> StorageResult<bool>;
     /// Deletes an account; false if there was none.
     async fn remove_account(&self, name: &AccountName) -> StorageResult<bool>;
     /// Stores a message durably (a retry with the same client message id returns the first copy).

@@ -14,7 +14,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Account, AckRecord, ConversationSummary, NewMessage, RecentPosition, Storage, StorageError,
+    Account, AckRecord, ConversationSummary, NewMessage, ProfileUpdate, RecentPosition, Storage,
+    StorageError,
     StorageResult, StoredMessage,
 };
 
@@ -397,6 +398,10 @@ fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> StorageResult<Account> {
         password_hash: row.try_get("password_hash")?,
         generation: row.try_get("generation")?,
         created_at: row.try_get("created_at")?,
+        email: row.try_get("email")?,
+        display_name: row.try_get("display_name")?,
+        mood: row.try_get("mood")?,
+        legacy_hash: row.try_get("legacy_hash")?,
     })
 }
 
@@ -429,13 +434,15 @@ impl Storage for SqliteStorage {
         &self,
         name: &AccountName,
         password_hash: &str,
+        legacy_hash: &str,
     ) -> StorageResult<Account> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let row = sqlx::query(
-            "INSERT INTO accounts (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING *",
+            "INSERT INTO accounts (name, password_hash, legacy_hash, created_at) VALUES (?, ?, ?, ?) RETURNING *",
         )
         .bind(name.as_str())
         .bind(password_hash)
+        .bind(legacy_hash)
         .bind(now)
         .fetch_one(&self.pool)
         .await
@@ -464,14 +471,58 @@ impl Storage for SqliteStorage {
         rows.iter().map(account_from_row).collect()
     }
 
-    async fn set_password(&self, name: &AccountName, password_hash: &str) -> StorageResult<bool> {
+    async fn account_by_email(&self, email: &str) -> StorageResult<Option<Account>> {
+        let row = sqlx::query("SELECT * FROM accounts WHERE email = ?")
+            .bind(email.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn set_password(
+        &self,
+        name: &AccountName,
+        password_hash: &str,
+        legacy_hash: &str,
+    ) -> StorageResult<bool> {
         let done = sqlx::query(
-            "UPDATE accounts SET password_hash = ?, generation = generation + 1 WHERE name = ?",
+            "UPDATE accounts SET password_hash = ?, legacy_hash = ?, generation = generation + 1 WHERE name = ?",
         )
         .bind(password_hash)
+        .bind(legacy_hash)
         .bind(name.as_str())
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_profile(
+        &self,
+        name: &AccountName,
+        update: &ProfileUpdate,
+    ) -> StorageResult<bool> {
+        // Empty strings clear a field; NULL parameters keep it.
+        let clear = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string());
+        let done = sqlx::query(
+            "UPDATE accounts SET \
+               email = CASE WHEN ?1 IS NULL THEN email WHEN ?1 = '' THEN NULL ELSE ?1 END, \
+               display_name = CASE WHEN ?2 IS NULL THEN display_name WHEN ?2 = '' THEN NULL ELSE ?2 END, \
+               mood = CASE WHEN ?3 IS NULL THEN mood WHEN ?3 = '' THEN NULL ELSE ?3 END \
+             WHERE name = ?4",
+        )
+        .bind(clear(&update.email).map(|e| e.to_ascii_lowercase()))
+        .bind(clear(&update.display_name))
+        .bind(clear(&update.mood))
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StorageError::Conflict
+            } else {
+                e.into()
+            }
+        })?;
         Ok(done.rows_affected() == 1)
     }
 

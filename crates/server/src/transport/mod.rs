@@ -60,11 +60,8 @@ pub async fn accept_tcp(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await;
+                    let handshake =
+                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
                     match handshake {
                         Ok(Ok(tls)) => serve_connection(tls, peer, state, shutdown, done).await,
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),

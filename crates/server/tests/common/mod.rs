@@ -33,6 +33,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        https_listen: Some("127.0.0.1:0".parse().unwrap()),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     }
@@ -65,13 +66,14 @@ impl TestServer {
     }
 
     pub async fn add_user(&self, name: &str) {
-        let hash = accounts::hash_password(PASSWORD.to_string()).await.unwrap();
-        self.server()
-            .state()
-            .storage
-            .create_account(&AccountName::parse(name).unwrap(), &hash)
-            .await
-            .unwrap();
+        let storage = self.server().state().storage.clone();
+        accounts::create(
+            storage.as_ref(),
+            &AccountName::parse(name).unwrap(),
+            PASSWORD,
+        )
+        .await
+        .unwrap();
     }
 
     pub async fn token(&self, name: &str) -> String {

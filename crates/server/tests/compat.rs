@@ -1,0 +1,465 @@
+//! The compatibility login chain of §10 over HTTPS, with a client that trusts only the generated
+//! CA and reaches the server under the Microsoft and Skype host names; then MSNP over TLS with the
+//! access token in `ATH`, and a message between two accounts logged in that way.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use msnp24_client::{expect_ok, new_epid, Client};
+use msnp24_proto::{AccountName, FormattedMessage};
+use msnp24_server::storage::ProfileUpdate;
+use msnp24_server::tokens::{Claims, TokenKind};
+use reqwest::StatusCode;
+
+const HOSTS: [&str; 4] = [
+    "login.live.com",
+    "api.skype.com",
+    "contacts.skype.com",
+    "localhost",
+];
+
+fn https_client(t: &TestServer) -> (reqwest::Client, u16) {
+    let ca = std::fs::read(t.server().ca_cert_path.as_ref().unwrap()).unwrap();
+    let addr: SocketAddr = t.server().https_addr.unwrap();
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .redirect(reqwest::redirect::Policy::none());
+    for host in HOSTS {
+        b = b.resolve(host, addr);
+    }
+    (b.build().unwrap(), addr.port())
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let len = text[from..].find(end)?;
+    Some(&text[from..from + len])
+}
+
+/// The login page and its cookie.
+async fn authorize(http: &reqwest::Client, port: u16) -> (String, String, String) {
+    let url = format!("https://login.live.com:{port}/oauth20_authorize.srf?client_id=00000000480BC46C&scope=service::lw.skype.com::MBI_SSL&response_type=token&redirect_uri=https://login.live.com/oauth20_desktop.srf");
+    let r = http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("MSPOK="));
+    let page = r.text().await.unwrap();
+    let ppft = between(&page, "name=\"PPFT\" value=\"", "\"")
+        .unwrap()
+        .to_string();
+    let url_post = between(&page, "urlPost:'", "'").unwrap().to_string();
+    assert_eq!(
+        url_post,
+        format!("https://login.live.com:{port}/ppsecure/post.srf?client_id=00000000480BC46C&scope=service::lw.skype.com::MBI_SSL&response_type=token&redirect_uri=https://login.live.com/oauth20_desktop.srf")
+    );
+    (cookie, ppft, url_post)
+}
+
+struct Tokens {
+    access: String,
+    refresh: String,
+}
+
+async fn form_login(
+    http: &reqwest::Client,
+    port: u16,
+    login: &str,
+    password: &str,
+) -> reqwest::Response {
+    let (cookie, ppft, url_post) = authorize(http, port).await;
+    http.post(url_post)
+        .header("cookie", cookie)
+        .form(&[
+            ("PPFT", ppft.as_str()),
+            ("login", login),
+            ("passwd", password),
+            ("type", "11"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn full_login(http: &reqwest::Client, port: u16, login: &str) -> Tokens {
+    let r = form_login(http, port, login, PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let (base, fragment) = location.split_once('#').unwrap();
+    assert_eq!(
+        base,
+        format!("https://login.live.com:{port}/oauth20_desktop.srf")
+    );
+    let fields: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_str(fragment).unwrap();
+    assert_eq!(fields["token_type"], "bearer");
+    assert_eq!(fields["expires_in"], "86400");
+    assert_eq!(fields["scope"], "service::lw.skype.com::MBI_SSL");
+    assert_eq!(fields["user_id"].len(), 16);
+    Tokens {
+        access: fields["access_token"].clone(),
+        refresh: fields["refresh_token"].clone(),
+    }
+}
+
+async fn refresh(http: &reqwest::Client, port: u16, refresh: &str) -> reqwest::Response {
+    http.post(format!("https://login.live.com:{port}/oauth20_token.srf"))
+        .form(&[
+            ("client_id", "00000000480BC46C"),
+            ("scope", "service::lw.skype.com::MBI_SSL"),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn skypetoken(http: &reqwest::Client, port: u16, access: &str) -> reqwest::Response {
+    http.post(format!("https://api.skype.com:{port}/rps/skypetoken"))
+        .form(&[
+            ("scopes", "client"),
+            ("clientVersion", "0/7.44.0.104//"),
+            ("access_token", &format!("t={access}")),
+            ("partner", "999"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn json(r: reqwest::Response) -> (StatusCode, serde_json::Value) {
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+async fn setup() -> TestServer {
+    let t = TestServer::start().await;
+    let storage = t.server().state().storage.clone();
+    for (name, email, display) in [
+        ("live:alice", None, "Alice Liddell"),
+        ("bob", Some("Bob@Example.com"), "Bob"),
+    ] {
+        t.add_user(name).await;
+        storage
+            .update_profile(
+                &AccountName::parse(name).unwrap(),
+                &ProfileUpdate {
+                    email: email.map(str::to_string),
+                    display_name: Some(display.to_string()),
+                    mood: Some("around".to_string()),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    t
+}
+
+#[tokio::test]
+async fn whole_login_chain_then_msnp_over_tls() {
+    let t = setup().await;
+    let (http, port) = https_client(&t);
+    let mut clients = Vec::new();
+    for (login, account) in [("live:alice", "live:alice"), ("bob@example.com", "bob")] {
+        let first = full_login(&http, port, login).await;
+        // Refresh: a new access token and refresh token.
+        let (status, body) = json(refresh(&http, port, &first.refresh).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["token_type"], "bearer");
+        assert_eq!(body["expires_in"], 86400);
+        let access = body["access_token"].as_str().unwrap().to_string();
+        assert!(body["refresh_token"].as_str().unwrap().len() > 20);
+        // Skypetoken, then the profile with it.
+        let (status, body) = json(skypetoken(&http, port, &access).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["expiresIn"], 86400);
+        let skype = body["skypetoken"].as_str().unwrap().to_string();
+        let (status, profile) = json(
+            http.get(format!("https://api.skype.com:{port}/users/self/profile"))
+                .header("X-Skypetoken", &skype)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(profile["username"], account);
+        assert_eq!(profile["mood"], "around");
+        let (_, public) = json(
+            http.get(format!(
+                "https://api.skype.com:{port}/users/live:alice/profile/public"
+            ))
+            .header("X-Skypetoken", &skype)
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(public["displayname"], "Alice Liddell");
+        assert_eq!(public["firstname"], "Alice");
+        assert_eq!(public["lastname"], "Liddell");
+        // MSNP over TLS with the access token as `t=…` and `<uic>null</uic>`.
+        let ca = std::fs::read(t.server().ca_cert_path.as_ref().unwrap()).unwrap();
+        let mut c = Client::connect_tls(
+            t.server().tls_addr.unwrap(),
+            "s.gateway.messenger.live.com",
+            &ca,
+        )
+        .await
+        .unwrap();
+        c.login(account, &access, &new_epid()).await.unwrap();
+        clients.push(c);
+    }
+    let mut bob = clients.pop().unwrap();
+    let mut alice = clients.pop().unwrap();
+    expect_ok(
+        alice
+            .send_text("1:bob@example.com", "hi by alias")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let f = bob.wait_for(WAIT, |f| f.cmd == "SDG").await.unwrap();
+    let (_, m) = FormattedMessage::parse_payload(&f.payload).unwrap();
+    assert_eq!(m.to(), Some("8:bob"));
+    assert!(m.from().unwrap().starts_with("8:live:alice;epid={"));
+    assert_eq!(m.body, b"hi by alias");
+    expect_ok(bob.send_text("8:live:alice", "hi back").await.unwrap()).unwrap();
+    let f = alice.wait_for(WAIT, |f| f.cmd == "SDG").await.unwrap();
+    let (_, m) = FormattedMessage::parse_payload(&f.payload).unwrap();
+    assert_eq!(m.body, b"hi back");
+    assert_conformant(&alice);
+    assert_conformant(&bob);
+}
+
+#[tokio::test]
+async fn form_login_failures_are_pages_with_an_error_and_throttled() {
+    let t = TestServer::start_with(|c| c.login_throttle.max_failures_per_account = 3).await;
+    t.add_user("alice").await;
+    let (http, port) = https_client(&t);
+    for (login, password) in [("alice", "wrong password"), ("nobody", PASSWORD)] {
+        let r = form_login(&http, port, login, password).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let page = r.text().await.unwrap();
+        assert_eq!(
+            between(&page, "sErrTxt:'", "'"),
+            Some("That account name or password is incorrect.")
+        );
+    }
+    // Malformed form bodies and a post without the page's cookie.
+    let (_, ppft, url_post) = authorize(&http, port).await;
+    for (body, cookie) in [
+        ("%%%", None),
+        ("login=alice", None),
+        (&*format!("PPFT={ppft}&login=alice&passwd=x"), None),
+        ("PPFT=forged&login=alice&passwd=x", Some("MSPOK=abc")),
+    ] {
+        let mut req = http
+            .post(&url_post)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string());
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{body}");
+        let page = r.text().await.unwrap();
+        assert!(
+            between(&page, "sErrTxt:'", "'").is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    // Two more failures reach the limit; then even the right password is refused.
+    for _ in 0..2 {
+        form_login(&http, port, "alice", "wrong password").await;
+    }
+    let r = form_login(&http, port, "alice", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("sErrTxt:'too many failed logins"));
+}
+
+#[tokio::test]
+async fn token_failures_get_documented_errors_never_500() {
+    let t = setup().await;
+    let (http, port) = https_client(&t);
+    let good = full_login(&http, port, "live:alice").await;
+    let state = t.server().state().clone();
+    let account = state
+        .storage
+        .account(&AccountName::parse("live:alice").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let expired = |kind| {
+        state.tokens.issue(
+            kind,
+            &Claims {
+                account: account.name.clone(),
+                generation: account.generation,
+                expires_at: 1,
+                epid: None,
+            },
+        )
+    };
+    let forged = format!("{}x", good.refresh);
+
+    // Refresh grants.
+    for (token, what) in [
+        (expired(TokenKind::Refresh), "expired"),
+        (forged.clone(), "forged"),
+        (good.access.clone(), "an access token"),
+    ] {
+        let (status, body) = json(refresh(&http, port, &token).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
+        assert_eq!(body["error"], "invalid_grant", "{what}");
+    }
+    let (status, body) = json(
+        http.post(format!("https://login.live.com:{port}/oauth20_token.srf"))
+            .form(&[("grant_type", "password")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+    );
+    let (status, body) = json(
+        http.post(format!("https://login.live.com:{port}/oauth20_token.srf"))
+            .form(&[("grant_type", "refresh_token")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+
+    // Skypetokens.
+    for (token, code) in [
+        (expired(TokenKind::Login), 40120),
+        ("garbage".to_string(), 40120),
+        (good.refresh.clone(), 40120),
+    ] {
+        let (status, body) = json(skypetoken(&http, port, &token).await).await;
+        assert_eq!(
+            (status, body["status"]["code"].as_u64()),
+            (StatusCode::UNAUTHORIZED, Some(code))
+        );
+    }
+    let (status, body) = json(
+        http.post(format!("https://api.skype.com:{port}/rps/skypetoken"))
+            .form(&[("scopes", "client")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"]["code"].as_u64()),
+        (StatusCode::BAD_REQUEST, Some(40000))
+    );
+
+    // Profile without, with a forged and with an expired X-Skypetoken.
+    let profile = format!("https://api.skype.com:{port}/users/self/profile");
+    let (status, body) = json(http.get(&profile).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["status"]["code"].as_u64()),
+        (StatusCode::UNAUTHORIZED, Some(40100))
+    );
+    for token in ["forged".to_string(), expired(TokenKind::Skype)] {
+        let r = http
+            .get(&profile)
+            .header("X-Skypetoken", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = json(
+        http.get(format!(
+            "https://api.skype.com:{port}/users/nobody/profile/public"
+        ))
+        .header(
+            "X-Skypetoken",
+            state.issue(TokenKind::Skype, &account, 60).0,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({})));
+
+    // A password change revokes the refresh token and the skypetoken.
+    let (_, body) = json(skypetoken(&http, port, &good.access).await).await;
+    let skype = body["skypetoken"].as_str().unwrap().to_string();
+    msnp24_server::accounts::set_password(
+        state.storage.as_ref(),
+        &account.name,
+        "another password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        json(refresh(&http, port, &good.refresh).await).await.1["error"],
+        "invalid_grant"
+    );
+    assert_eq!(
+        http.get(&profile)
+            .header("X-Skypetoken", skype)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn skype_name_clients_log_in_with_the_legacy_digest() {
+    let t = setup().await;
+    let (http, port) = https_client(&t);
+    let post = |username: &str, hash: String| {
+        http.post(format!("https://api.skype.com:{port}/login/skypetoken"))
+            .form(&[
+                ("scopes", "client"),
+                ("clientVersion", "0/7.44.0.104//"),
+                ("username", username),
+                ("passwordHash", &hash),
+            ])
+            .send()
+    };
+    let digest = msnp24_server::accounts::legacy_digest("bob", PASSWORD);
+    let (status, body) = json(post("bob", digest.clone()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["skypetoken"].as_str().unwrap().len() > 20);
+    let wrong = msnp24_server::accounts::legacy_digest("bob", "not it");
+    let (status, body) = json(post("bob", wrong).await.unwrap()).await;
+    assert_eq!(
+        (status, body["status"]["code"].as_u64()),
+        (StatusCode::UNAUTHORIZED, Some(40120))
+    );
+    let (status, body) = json(post("", digest).await.unwrap()).await;
+    assert_eq!(
+        (status, body["status"]["code"].as_u64()),
+        (StatusCode::BAD_REQUEST, Some(40000))
+    );
+}
