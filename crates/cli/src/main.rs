@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+mod bench;
 use clap::{Args, Parser, Subcommand};
 use msnp24_proto::{AccountName, FormattedMessage};
 use msnp24_server::accounts::AccountError;
@@ -34,6 +36,8 @@ enum Command {
     },
     /// Log in to a server, optionally send a message, and print what arrives.
     Client(ClientArgs),
+    /// Load generator: drive a server with many real clients and report the figures.
+    Bench(bench::BenchArgs),
     /// Certificates: export the CA clients must trust.
     Cert {
         #[command(subcommand)]
@@ -229,6 +233,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Client(args) => {
             init_logging("warn");
             client(args).await
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            bench::run(args).await
         }
         Command::Cert { command } => {
             init_logging("warn");

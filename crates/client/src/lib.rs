@@ -3,7 +3,7 @@
 //! by TrID, and receive everything else as a stream of notifications.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use msnp24_proto::frame::decode;
 use msnp24_proto::xml;
 use msnp24_proto::{FormattedMessage, Frame, Headers, Limits, Payload};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod conformance;
@@ -76,6 +76,38 @@ pub fn new_client_message_id() -> String {
     uuid::Uuid::new_v4().as_u64_pair().0.to_string()
 }
 
+/// A TLS connector trusting only the certificates in `ca_pem` (build once, connect many times).
+pub fn tls_connector(ca_pem: &[u8]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let stream = match local {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
+        }
+    }
+    .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// A fresh random epid in the 8-4-4-4-12 layout.
 pub fn new_epid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -84,11 +116,13 @@ pub fn new_epid() -> String {
 impl Client {
     /// Connects over plaintext TCP.
     pub async fn connect_tcp(addr: SocketAddr) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
-        Ok(Client::from_stream(stream))
+        Ok(Client::from_stream(tcp(addr, None).await?))
+    }
+
+    /// Connects over plaintext TCP from a given local address (load tests spread connections over
+    /// several 127.0.0.x addresses, each good for about 28,000 ports).
+    pub async fn connect_tcp_from(local: IpAddr, addr: SocketAddr) -> anyhow::Result<Client> {
+        Ok(Client::from_stream(tcp(addr, Some(local)).await?))
     }
 
     /// Connects over TLS, trusting only the certificates in `ca_pem`.
@@ -97,20 +131,18 @@ impl Client {
         server_name: &str,
         ca_pem: &[u8],
     ) -> anyhow::Result<Client> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-            roots.add(cert?)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
+        let connector = tls_connector(ca_pem)?;
+        Client::connect_tls_with(&connector, None, addr, server_name).await
+    }
+
+    /// Connects over TLS with a prepared connector, optionally from a given local address.
+    pub async fn connect_tls_with(
+        connector: &tokio_rustls::TlsConnector,
+        local: Option<IpAddr>,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> anyhow::Result<Client> {
+        let stream = tcp(addr, local).await?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())?;
         let tls = connector
             .connect(name, stream)

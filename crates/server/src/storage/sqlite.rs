@@ -15,8 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Account, AckRecord, ConversationSummary, NewMessage, ProfileUpdate, RecentPosition, Storage,
-    StorageError,
-    StorageResult, StoredMessage,
+    StorageError, StorageResult, StoredMessage,
 };
 
 /// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are

@@ -1,0 +1,606 @@
+//! `msnp24 bench SCENARIO`: drives a server with many real clients (the client library over TCP or
+//! TLS) and reports throughput, latency percentiles, errors and the server's memory and CPU.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use msnp24_client::{new_epid, Client};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+mod target;
+
+use target::{raise_file_limit, settle, sources, Target, TargetArgs, Usage, PASSWORD};
+
+/// `msnp24 bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Scenario {
+    /// Hold N bound endpoints; report the server's RSS per endpoint.
+    Idle {
+        /// Endpoints to hold.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Seconds to hold them before measuring.
+        #[arg(long, default_value_t = 2)]
+        hold_secs: u64,
+    },
+    /// CNT/ATH/BND with an existing token, over and over.
+    Reconnect {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+    },
+    /// HTTP password login, then the handshake.
+    Login {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Logins in all.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
+    /// Pairs exchanging messages at a fixed rate (per sender) or as fast as replies come (0).
+    Relay {
+        /// Sender/receiver pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages per second per sender; 0 sends the next as soon as the last is stored.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+    },
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    samples: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            samples: h.len(),
+        }
+    }
+}
+
+/// What a scenario measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    scenario: &'static str,
+    transport: &'static str,
+    params: serde_json::Value,
+    operations: u64,
+    errors: u64,
+    seconds: f64,
+    per_second: f64,
+    latency_ms: Latency,
+    server_before: Option<Usage>,
+    server_after: Option<Usage>,
+    server_cpu_secs: Option<f64>,
+    extra: serde_json::Value,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self).unwrap_or_default());
+            return;
+        }
+        println!("\nscenario      {} ({})", self.scenario, self.transport);
+        println!("parameters    {}", self.params);
+        println!(
+            "operations    {} ({} errors) in {:.2} s",
+            self.operations, self.errors, self.seconds
+        );
+        println!("throughput    {:.0} /s", self.per_second);
+        let l = &self.latency_ms;
+        println!(
+            "latency ms    p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} samples)",
+            l.p50, l.p99, l.p999, l.max, l.samples
+        );
+        if let (Some(b), Some(a)) = (self.server_before, self.server_after) {
+            println!(
+                "server RSS    {} KiB before, {} KiB after",
+                b.rss_kib, a.rss_kib
+            );
+        }
+        if let Some(cpu) = self.server_cpu_secs {
+            println!("server CPU    {cpu:.2} s");
+        }
+        if self.extra != serde_json::Value::Null {
+            println!("extra         {}", self.extra);
+        }
+        for n in &self.notes {
+            println!("note          {n}");
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds up to an hour, three significant figures.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Connects one client over the chosen transport from a given source address.
+struct Connector {
+    tls: Option<(tokio_rustls::TlsConnector, std::net::SocketAddr)>,
+    msnp: std::net::SocketAddr,
+    sources: Vec<std::net::IpAddr>,
+}
+
+impl Connector {
+    fn new(args: &TargetArgs, target: &Target, clients: usize) -> anyhow::Result<Connector> {
+        let tls = if args.tls {
+            let addr = target.msnp_tls.context("the server has no TLS listener")?;
+            Some((msnp24_client::tls_connector(&target.ca_pem()?)?, addr))
+        } else {
+            None
+        };
+        Ok(Connector {
+            tls,
+            msnp: target.msnp,
+            sources: sources(args, clients),
+        })
+    }
+
+    async fn connect(&self, i: usize) -> anyhow::Result<Client> {
+        let local = self.sources[i % self.sources.len()];
+        match &self.tls {
+            Some((connector, addr)) => {
+                Client::connect_tls_with(connector, Some(local), *addr, "localhost").await
+            }
+            None => Client::connect_tcp_from(local, self.msnp).await,
+        }
+    }
+}
+
+/// Runs `msnp24 bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let report = match args.scenario {
+        Scenario::Idle { clients, hold_secs } => idle(&args.target, clients, hold_secs).await?,
+        Scenario::Reconnect {
+            concurrency,
+            duration_secs,
+        } => reconnect(&args.target, concurrency, duration_secs).await?,
+        Scenario::Login { concurrency, count } => login(&args.target, concurrency, count).await?,
+        Scenario::Relay {
+            pairs,
+            rate,
+            duration_secs,
+        } => relay(&args.target, pairs, rate, duration_secs).await?,
+    };
+    report.print(args.target.json);
+    Ok(())
+}
+
+fn transport(args: &TargetArgs) -> &'static str {
+    if args.tls {
+        "tls"
+    } else {
+        "tcp"
+    }
+}
+
+async fn idle(args: &TargetArgs, clients: usize, hold_secs: u64) -> anyhow::Result<Report> {
+    let limit = raise_file_limit(2 * clients as u64 + 1024);
+    let per_account = 10;
+    let target = Target::prepare(args, "idle", clients.div_ceil(per_account)).await?;
+    let connector = Arc::new(Connector::new(args, &target, clients)?);
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..clients.div_ceil(per_account))
+            .map(|a| target.token(&format!("idle{a}")))
+            .collect::<Result<_, _>>()?,
+    );
+    settle().await;
+    let before = target.usage();
+    let bar = progress(clients as u64, "connecting");
+    let hist = Arc::new(Mutex::new(histogram()));
+    let held = Arc::new(Mutex::new(Vec::with_capacity(clients)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let permit = sem.clone().acquire_owned().await?;
+        let (connector, tokens, hist, held, errors, bar) = (
+            connector.clone(),
+            tokens.clone(),
+            hist.clone(),
+            held.clone(),
+            errors.clone(),
+            bar.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let account = format!("idle{}", i / per_account);
+            let result = async {
+                let mut c = connector.connect(i).await?;
+                c.login(&account, &tokens[i / per_account], &new_epid())
+                    .await?;
+                anyhow::Ok(c)
+            }
+            .await;
+            match result {
+                Ok(c) => {
+                    let _ = hist.lock().await.record(t0.elapsed().as_micros() as u64);
+                    held.lock().await.push(c);
+                }
+                Err(e) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                        bar.println(format!("connection {i} failed: {e:#}"));
+                    }
+                }
+            }
+            bar.inc(1);
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    let after = target.usage();
+    let bound = held.lock().await.len() as u64;
+    let per_endpoint = match (before, after) {
+        (Some(b), Some(a)) if bound > 0 => {
+            Some((a.rss_kib.saturating_sub(b.rss_kib)) as f64 / bound as f64)
+        }
+        _ => None,
+    };
+    let hist = hist.lock().await;
+    Ok(Report {
+        scenario: "idle",
+        transport: transport(args),
+        params: serde_json::json!({"clients": clients, "endpoints_per_account": per_account, "sources": connector.sources.len(), "file_limit": limit}),
+        operations: bound,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        per_second: bound as f64 / seconds,
+        latency_ms: Latency::of(&hist),
+        server_before: before,
+        server_after: after,
+        server_cpu_secs: after.map(|a| a.cpu_secs),
+        extra: serde_json::json!({"bound_endpoints": bound, "rss_kib_per_endpoint": per_endpoint}),
+        notes: vec![format!(
+            "connections spread over {} source addresses 127.0.0.2…",
+            connector.sources.len()
+        )],
+    })
+}
+
+async fn reconnect(
+    args: &TargetArgs,
+    concurrency: usize,
+    duration_secs: u64,
+) -> anyhow::Result<Report> {
+    raise_file_limit(4 * concurrency as u64 + 1024);
+    let target = Target::prepare(args, "rc", concurrency).await?;
+    let connector = Arc::new(Connector::new(args, &target, concurrency * 50)?);
+    let tokens: Vec<String> = (0..concurrency)
+        .map(|i| target.token(&format!("rc{i}")))
+        .collect::<Result<_, _>>()?;
+    settle().await;
+    let before = target.usage();
+    let deadline = Instant::now() + Duration::from_secs(duration_secs);
+    let bar = ProgressBar::new_spinner();
+    bar.set_message("handshakes");
+    let hist = Arc::new(Mutex::new(histogram()));
+    let (done, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let (connector, hist, done, errors, bar) = (
+            connector.clone(),
+            hist.clone(),
+            done.clone(),
+            errors.clone(),
+            bar.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram();
+            let mut n = i;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let ok = async {
+                    let mut c = connector.connect(n).await?;
+                    let replies = c.handshake(&token, &new_epid(), 2).await?;
+                    anyhow::ensure!(
+                        replies.iter().all(|r| r.error_code().is_none()),
+                        "handshake refused"
+                    );
+                    c.sign_out().await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                n += concurrency;
+                match ok {
+                    Ok(()) => {
+                        let _ = local.record(t0.elapsed().as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                        bar.inc(1);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            bar.println(format!("handshake failed: {e:#}"));
+                        }
+                    }
+                }
+            }
+            let _ = hist.lock().await.add(&local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let after = target.usage();
+    let ops = done.load(Ordering::Relaxed);
+    let hist = hist.lock().await;
+    Ok(Report {
+        scenario: "reconnect",
+        transport: transport(args),
+        params: serde_json::json!({"concurrency": concurrency, "duration_secs": duration_secs}),
+        operations: ops,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        per_second: ops as f64 / seconds,
+        latency_ms: Latency::of(&hist),
+        server_before: before,
+        server_after: after,
+        server_cpu_secs: match (before, after) {
+            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+            _ => None,
+        },
+        extra: serde_json::Value::Null,
+        notes: vec!["each handshake: TCP (and TLS) connect, pipelined CNT/ATH/BND with an existing token, OUT".into()],
+    })
+}
+
+async fn login(args: &TargetArgs, concurrency: usize, count: usize) -> anyhow::Result<Report> {
+    let target = Target::prepare(args, "lg", concurrency).await?;
+    let connector = Arc::new(Connector::new(args, &target, count)?);
+    let http = target.http.clone();
+    settle().await;
+    let before = target.usage();
+    let bar = progress(count as u64, "logins");
+    let hist = Arc::new(Mutex::new(histogram()));
+    let (next, done, errors) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (connector, hist, next, done, errors, bar, http) = (
+            connector.clone(),
+            hist.clone(),
+            next.clone(),
+            done.clone(),
+            errors.clone(),
+            bar.clone(),
+            http.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let account = format!("lg{w}");
+            while next.fetch_add(1, Ordering::Relaxed) < count as u64 {
+                let t0 = Instant::now();
+                let ok = async {
+                    let token = msnp24_client::http_login(&http, &account, PASSWORD).await?;
+                    let mut c = connector.connect(w).await?;
+                    c.login(&account, &token.token, &new_epid()).await?;
+                    c.sign_out().await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                match ok {
+                    Ok(()) => {
+                        let _ = hist.lock().await.record(t0.elapsed().as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            bar.println(format!("login failed: {e:#}"));
+                        }
+                    }
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let after = target.usage();
+    let ops = done.load(Ordering::Relaxed);
+    let hist = hist.lock().await;
+    Ok(Report {
+        scenario: "login",
+        transport: transport(args),
+        params: serde_json::json!({"concurrency": concurrency, "count": count}),
+        operations: ops,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        per_second: ops as f64 / seconds,
+        latency_ms: Latency::of(&hist),
+        server_before: before,
+        server_after: after,
+        server_cpu_secs: match (before, after) {
+            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+            _ => None,
+        },
+        extra: serde_json::json!({"argon2": "argon2id m=19456 KiB, t=2, p=1"}),
+        notes: vec![
+            "each login: POST /login (argon2 check), then CNT/ATH/BND, subscriptions, OUT".into(),
+        ],
+    })
+}
+
+async fn relay(
+    args: &TargetArgs,
+    pairs: usize,
+    rate: u64,
+    duration_secs: u64,
+) -> anyhow::Result<Report> {
+    raise_file_limit(8 * pairs as u64 + 1024);
+    let target = Target::prepare(args, "rl", 2 * pairs).await?;
+    let connector = Connector::new(args, &target, 2 * pairs)?;
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..2 * pairs {
+        let name = format!("rl{i}");
+        let mut c = connector.connect(i).await?;
+        c.login(&name, &target.token(&name)?, &new_epid()).await?;
+        if i % 2 == 0 {
+            senders.push(c)
+        } else {
+            receivers.push(c)
+        }
+    }
+    settle().await;
+    let before = target.usage();
+    let epoch = Instant::now();
+    let deadline = epoch + Duration::from_secs(duration_secs);
+    let stored = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let delivery = Arc::new(Mutex::new(histogram()));
+    let ack = Arc::new(Mutex::new(histogram()));
+    let bar = ProgressBar::new_spinner();
+    bar.set_message("messages stored");
+    let mut tasks = Vec::new();
+    for (i, mut r) in receivers.into_iter().enumerate() {
+        let delivery = delivery.clone();
+        let _ = i;
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram();
+            let end = deadline + Duration::from_secs(2);
+            while let Ok(Some(f)) = tokio::time::timeout_at(end.into(), r.next_event()).await {
+                if f.cmd != "SDG" {
+                    continue;
+                }
+                if let Ok((_, m)) = msnp24_proto::FormattedMessage::parse_payload(&f.payload) {
+                    if let Some(sent_us) = std::str::from_utf8(&m.body)
+                        .ok()
+                        .and_then(|b| b.split(' ').next()?.parse::<u64>().ok())
+                    {
+                        let now_us = epoch.elapsed().as_micros() as u64;
+                        let _ = local.record(now_us.saturating_sub(sent_us).max(1));
+                    }
+                }
+            }
+            let _ = delivery.lock().await.add(&local);
+        }));
+    }
+    for (i, s) in senders.into_iter().enumerate() {
+        let (stored, errors, ack, bar) = (stored.clone(), errors.clone(), ack.clone(), bar.clone());
+        let to = format!("8:rl{}", 2 * i + 1);
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram();
+            let mut tick = (rate > 0)
+                .then(|| tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate)));
+            while Instant::now() < deadline {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let t0 = Instant::now();
+                let body = format!("{} relay benchmark message", epoch.elapsed().as_micros());
+                match s.send_text(&to, &body).await {
+                    Ok(r) if r.error_code().is_none() => {
+                        let _ = local.record(t0.elapsed().as_micros() as u64);
+                        stored.fetch_add(1, Ordering::Relaxed);
+                        bar.inc(1);
+                    }
+                    Ok(r) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            bar.println(format!(
+                                "SDG refused: {} {}",
+                                r.cmd,
+                                r.payload_lossy().trim()
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            bar.println(format!("SDG failed: {e:#}"));
+                        }
+                    }
+                }
+            }
+            let _ = ack.lock().await.add(&local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    bar.finish_and_clear();
+    let seconds = duration_secs as f64;
+    let after = target.usage();
+    let ops = stored.load(Ordering::Relaxed);
+    let delivery = delivery.lock().await;
+    let ack = ack.lock().await;
+    Ok(Report {
+        scenario: "relay",
+        transport: transport(args),
+        params: serde_json::json!({"pairs": pairs, "rate_per_sender": rate, "duration_secs": duration_secs}),
+        operations: ops,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        per_second: ops as f64 / seconds,
+        latency_ms: Latency::of(&delivery),
+        server_before: before,
+        server_after: after,
+        server_cpu_secs: match (before, after) {
+            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+            _ => None,
+        },
+        extra: serde_json::json!({"store_ack_latency_ms": Latency::of(&ack)}),
+        notes: vec!["operations = SDGs answered (durably stored); latency = send to delivery at the receiver".into()],
+    })
+}

@@ -1,0 +1,256 @@
+//! The server under test: a `msnp24 serve` child process on a fresh data directory (accounts and
+//! tokens prepared directly in it), or a running server the operator points us at.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use msnp24_proto::AccountName;
+use msnp24_server::accounts;
+use msnp24_server::storage::Storage;
+use msnp24_server::tokens::{Claims, TokenKind, TokenSigner};
+
+/// Options shared by every scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Benchmark a running server at this MSNP address instead of starting one (needs --data-dir
+    /// of that server, to create accounts and tokens, and --server-pid for its memory and CPU).
+    #[arg(long)]
+    pub server: Option<SocketAddr>,
+    /// The running server's MSNP-over-TLS address (with --server and --tls).
+    #[arg(long)]
+    pub tls_server: Option<SocketAddr>,
+    /// The running server's HTTP base URL (with --server).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Data directory: of the running server, or where the started one keeps its files
+    /// (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// PID of the running server, for its RSS and CPU.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Connect over TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// How many 127.0.0.x source addresses to spread connections over (0: one per 20,000).
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A server to drive.
+pub struct Target {
+    /// MSNP address.
+    pub msnp: SocketAddr,
+    /// MSNP over TLS address.
+    pub msnp_tls: Option<SocketAddr>,
+    /// HTTP base URL.
+    pub http: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Server PID (for /proc).
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+    signer: TokenSigner,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Target {
+    /// Starts or attaches to the server, after creating `accounts` accounts named `{prefix}{i}`.
+    pub async fn prepare(
+        args: &TargetArgs,
+        prefix: &str,
+        accounts: usize,
+    ) -> anyhow::Result<Target> {
+        let (data_dir, tmp) = match &args.data_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&data_dir)?;
+        create_accounts(&data_dir, prefix, accounts).await?;
+        let signer = TokenSigner::load_or_create(&data_dir)?;
+        if let Some(msnp) = args.server {
+            let Some(http) = args.http.clone() else {
+                bail!("--server needs --http");
+            };
+            return Ok(Target {
+                msnp,
+                msnp_tls: args.tls_server,
+                http,
+                data_dir,
+                pid: args.server_pid,
+                child: None,
+                _tmp: tmp,
+                signer,
+            });
+        }
+        let (msnp, tls, http, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", &format!("127.0.0.1:{msnp}")])
+            .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--https-listen", &format!("127.0.0.1:{https}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting msnp24 serve")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        if !line.starts_with("msnp24 listening") {
+            let _ = child.kill();
+            bail!("the server did not start: {line:?}");
+        }
+        Ok(Target {
+            msnp: SocketAddr::from(([127, 0, 0, 1], msnp)),
+            msnp_tls: Some(SocketAddr::from(([127, 0, 0, 1], tls))),
+            http: format!("http://127.0.0.1:{http}"),
+            pid: Some(child.id()),
+            data_dir,
+            child: Some(child),
+            _tmp: tmp,
+            signer,
+        })
+    }
+
+    /// A login token for account `{prefix}{i}`, minted with the server's secret (the password
+    /// path is measured on its own by the `login` scenario).
+    pub fn token(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self.signer.issue(
+            TokenKind::Login,
+            &Claims {
+                account: AccountName::parse(name)?,
+                generation: 1,
+                expires_at: time::OffsetDateTime::now_utc().unix_timestamp() + 86_400,
+                epid: None,
+            },
+        ))
+    }
+
+    /// The CA certificate clients must trust.
+    pub fn ca_pem(&self) -> anyhow::Result<Vec<u8>> {
+        let path = self.data_dir.join("tls/ca.crt");
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The server's memory and CPU now.
+    pub fn usage(&self) -> Option<Usage> {
+        Usage::read(self.pid?)
+    }
+}
+
+/// Creates missing accounts `{prefix}0…` with one password hash computed once (argon2 on every
+/// account would take minutes; the `login` scenario measures it).
+async fn create_accounts(data_dir: &Path, prefix: &str, count: usize) -> anyhow::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let config = msnp24_server::Config {
+        data_dir: data_dir.to_path_buf(),
+        ..msnp24_server::Config::default()
+    };
+    let storage = msnp24_server::open_storage(&config).await?;
+    let first = AccountName::parse(&format!("{prefix}0"))?;
+    let (hash, legacy) = accounts::hash_credentials(&first, PASSWORD).await?;
+    let names: Vec<AccountName> = (0..count)
+        .map(|i| AccountName::parse(&format!("{prefix}{i}")))
+        .collect::<Result<_, _>>()?;
+    let existing = storage.list_accounts().await?;
+    let have: std::collections::HashSet<_> = existing.iter().map(|a| a.name.clone()).collect();
+    for name in names.iter().filter(|n| !have.contains(*n)) {
+        storage.create_account(name, &hash, &legacy).await?;
+    }
+    storage.close().await;
+    Ok(())
+}
+
+/// The password of every bench account.
+pub const PASSWORD: &str = "bench-password";
+
+/// A process's resident memory and CPU time, from /proc.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Usage {
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// User + system CPU time, seconds.
+    pub cpu_secs: f64,
+}
+
+impl Usage {
+    /// Reads /proc/PID/status and /proc/PID/stat.
+    pub fn read(pid: u32) -> Option<Usage> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // USER_HZ is 100 on every Linux architecture this runs on.
+        Some(Usage {
+            rss_kib,
+            cpu_secs: ticks / 100.0,
+        })
+    }
+}
+
+/// Source addresses 127.0.0.2… for `clients` connections.
+pub fn sources(args: &TargetArgs, clients: usize) -> Vec<IpAddr> {
+    let n = if args.sources > 0 {
+        args.sources
+    } else {
+        clients.div_ceil(20_000).max(1)
+    };
+    (0..n.min(250))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+        .collect()
+}
+
+/// Raises this process's open-file limit (children inherit it) as far as allowed.
+pub fn raise_file_limit(want: u64) -> u64 {
+    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, want, want);
+    rlimit::increase_nofile_limit(want).unwrap_or(0)
+}
+
+/// Waits briefly so that the server's counters settle before a reading.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
