@@ -4,7 +4,9 @@
 pub mod accounts;
 pub mod commands;
 pub mod config;
+pub mod contacts;
 pub mod http;
+pub mod presence;
 pub mod routing;
 pub mod server;
 pub mod session;

@@ -7,6 +7,7 @@ use msnp24_proto::Limits;
 
 use crate::accounts::LoginThrottle;
 use crate::config::Config;
+use crate::presence::PresenceService;
 use crate::routing::Router;
 use crate::storage::Storage;
 use crate::tokens::TokenSigner;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub tokens: TokenSigner,
     /// Failed-login throttle.
     pub throttle: LoginThrottle,
+    /// Who is online, with which documents.
+    pub presence: Arc<PresenceService>,
     next_conn: AtomicU64,
 }
 
@@ -35,12 +38,18 @@ impl AppState {
         tokens: TokenSigner,
     ) -> AppState {
         let throttle = LoginThrottle::new(config.login_throttle.clone());
+        let presence = Arc::new(PresenceService::new(
+            storage.clone(),
+            router.clone(),
+            config.presence_keepalive(),
+        ));
         AppState {
             config,
             storage,
             router,
             tokens,
             throttle,
+            presence,
             next_conn: AtomicU64::new(1),
         }
     }

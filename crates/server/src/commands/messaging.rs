@@ -179,7 +179,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             DeliveryFilter {
                 except: Some(bound.epid.clone()),
                 messaging_only: true,
-                threads_only: false,
+                ..DeliveryFilter::default()
             },
             Outbound::Message(delivery.clone()),
         )

@@ -134,6 +134,8 @@ pub async fn serve_connection<S>(
     let mut deadline = Instant::now() + idle;
     let mut replies: Vec<Frame> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::new();
+    // The peer went away without a word (end of stream, socket error): its presence lingers.
+    let mut vanished = false;
 
     let end: Option<KickReason> = 'conn: loop {
         tokio::select! {
@@ -147,15 +149,20 @@ pub async fn serve_connection<S>(
                     encode_outbound(&item, &session.context, &mut wbuf);
                 }
                 if write_all(&mut wr, &wbuf).await.is_err() {
+                    vanished = true;
                     break 'conn None;
                 }
             }
             read = rd.read_buf(&mut buf) => {
                 match read {
-                    Ok(0) => break 'conn None,
+                    Ok(0) => {
+                        vanished = true;
+                        break 'conn None;
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(conn, error = %e, "read failed");
+                        vanished = true;
                         break 'conn None;
                     }
                 }
@@ -198,7 +205,11 @@ pub async fn serve_connection<S>(
                         encode_outbound(&item, &session.context, &mut wbuf);
                     }
                 }
-                if write_all(&mut wr, &wbuf).await.is_err() || close {
+                if write_all(&mut wr, &wbuf).await.is_err() {
+                    vanished = true;
+                    break 'conn None;
+                }
+                if close {
                     break 'conn None;
                 }
             }
@@ -211,7 +222,7 @@ pub async fn serve_connection<S>(
         }
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wr.shutdown()).await;
-    session.closed().await;
+    session.closed(vanished).await;
     tracing::info!(conn, %peer, "connection closed");
 }
 

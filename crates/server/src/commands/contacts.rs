@@ -1,0 +1,53 @@
+//! `PUT MSGR\CONTACTS` and `DEL MSGR\CONTACTS` (§4.1): parse the `<ml>` body, let the contacts
+//! domain apply it, acknowledge.
+
+use msnp24_proto::xml::contacts::ContactList;
+use msnp24_proto::{AccountName, ErrorCode, Frame, Payload};
+
+use super::{bad_xml, internal, Flow, Outcome, Refusal};
+use crate::contacts::{self, ListOp};
+use crate::session::Session;
+use crate::storage::list_bits;
+
+/// Network number of Skype names in `c@t`.
+const NETWORK_SKYPE: u32 = 8;
+/// Network number of Microsoft accounts in `c@t`.
+const NETWORK_MSA: u32 = 1;
+
+/// Resolves one `<c>` to an account name; `None` for names that cannot be an account here.
+fn resolve(name: &str, network: u32) -> Option<AccountName> {
+    match network {
+        NETWORK_SKYPE => AccountName::parse(name).ok(),
+        // `1:` names resolve through an account's e-mail alias, and accounts have none yet: the
+        // entry is ignored like any other name that is not an account.
+        NETWORK_MSA => None,
+        _ => None,
+    }
+}
+
+/// Handles `PUT` (`op` = Put) and `DEL` (`op` = Del) of `MSGR\CONTACTS`.
+pub async fn change(
+    s: &mut Session,
+    frame: &Frame,
+    payload: &Payload,
+    out: &mut Vec<Frame>,
+    op: ListOp,
+) -> Outcome {
+    let Some(owner) = s.bound().map(|b| b.account.clone()) else {
+        return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
+    };
+    let ml = ContactList::parse(&payload.body).map_err(bad_xml)?;
+    let listed = ml.contacts.len();
+    let entries: Vec<(AccountName, u32)> = ml
+        .contacts
+        .iter()
+        .filter_map(|c| Some((resolve(&c.name, c.network)?, c.bits & list_bits::ALL)))
+        .filter(|(_, bits)| *bits != 0)
+        .collect();
+    let applied = contacts::apply(&s.state, &owner, op, entries)
+        .await
+        .map_err(internal)?;
+    tracing::debug!(conn = s.conn_id, ?op, listed, applied, "contact list");
+    out.push(s.reply(frame, Vec::new(), false));
+    Ok(Flow::Continue)
+}
