@@ -206,7 +206,57 @@ async fn contact_request_accept_and_decline() {
             from: vec!["alice".into()]
         }
     );
+    // Removing someone whose answer is still pending withdraws the request.
+    carol.add_contact("dave").await.unwrap();
+    assert!(contacts_of(&t, "dave")
+        .await
+        .contains(&("carol".into(), PENDING)));
+    carol.remove_contact("dave").await.unwrap();
+    assert_eq!(contacts_of(&t, "dave").await, [("alice".into(), PENDING)]);
     for c in [&alice, &bob, &carol, &dave] {
+        assert_conformant(c);
+    }
+}
+
+#[tokio::test]
+async fn bare_and_foreign_publications() {
+    let t = TestServer::start().await;
+    t.add_user("alice").await;
+    t.add_user("bob").await;
+    friends(&t, "alice", "bob").await;
+    let mut bob = online(&t, "bob", "NLN").await;
+    let alice = t.signed_in("alice").await;
+    let bare = b"<user><s n=\"IM\"><Status>BSY</Status></s><sep n=\"IM\" epid=\"{forged}\"><Capabilities>0:1</Capabilities></sep></user>";
+    let reply = alice
+        .request("PUT", "MSGR\\PRESENCE", alice.payload(bare.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(reply.error_code(), None);
+    let f = bob.wait_for(WAIT, is_presence).await.unwrap();
+    let (_, m) = msnp24_proto::FormattedMessage::parse_payload(&f.payload).unwrap();
+    let doc = msnp24_proto::xml::presence_doc::UserDoc::parse(&m.body).unwrap();
+    assert_eq!(doc.status(), Some("BSY"));
+    assert_eq!(
+        doc.endpoints[0].epid,
+        format!("{{{}}}", alice.epid),
+        "epid is the publisher's"
+    );
+
+    let other = alice
+        .request("PUT", "MSGR\\PRESENCE", alice.payload(b"<other/>".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(other.error_code(), None, "another document is acknowledged");
+    let broken = alice
+        .request(
+            "PUT",
+            "MSGR\\PRESENCE",
+            alice.payload(b"<user><s>".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(broken.error_code(), Some(200));
+    for c in [&alice, &bob] {
         assert_conformant(c);
     }
 }
