@@ -126,7 +126,7 @@ struct ClientArgs {
     /// Password.
     #[arg(long, env = "MSNP24_PASSWORD")]
     password: String,
-    /// Send a message to this account (with --message).
+    /// Send a message to this account or address (with --message).
     #[arg(long, requires = "message")]
     to: Option<String>,
     /// The message text.
@@ -156,6 +156,15 @@ struct ClientArgs {
     /// Publish this mood (with --status, or NLN).
     #[arg(long)]
     mood: Option<String>,
+    /// List recent conversations (each with its last message), then continue.
+    #[arg(long)]
+    recent: bool,
+    /// Print a conversation's history, oldest first (e.g. 8:bob), then continue.
+    #[arg(long, value_name = "ID")]
+    history: Option<String>,
+    /// Messages or conversations fetched per request with --recent and --history (at most 200).
+    #[arg(long, default_value_t = 100)]
+    pagesize: u32,
     /// Keep printing what arrives for this many seconds (0: until interrupted).
     #[arg(long, default_value_t = 0)]
     listen_secs: u64,
@@ -167,9 +176,12 @@ struct ClientArgs {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only help a person at a terminal; in files and journals they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -393,17 +405,23 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
     println!("signed in as 8:{account}");
     client_actions(&client, &args).await?;
     if let (Some(to), Some(text)) = (&args.to, &args.message) {
-        let to = if to.contains(':') && !to.starts_with("live:") {
-            to.clone()
-        } else {
-            format!("8:{}", to.to_ascii_lowercase())
-        };
+        let to = address(to);
         let reply = msnp24_client::expect_ok(client.send_text(&to, text).await?)?;
         let id = reply
             .parse_payload()
             .ok()
             .and_then(|p| p.headers.get("Message-ID").map(str::to_string));
         println!("sent to {to} (Message-ID {})", id.unwrap_or_default());
+    }
+    if args.recent {
+        print_recent(&client, args.pagesize).await?;
+    }
+    if let Some(id) = &args.history {
+        let history = client.history(&address(id), None, args.pagesize).await?;
+        for m in history.iter().rev() {
+            print_history_message(m);
+        }
+        println!("{} message(s) with {}", history.len(), address(id));
     }
     if args.no_listen {
         client.sign_out().await?;
@@ -430,6 +448,49 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
     }
     client.sign_out().await?;
     Ok(())
+}
+
+/// An address as given, or `8:<name>` for a bare account name (`bob`, `live:bob`).
+fn address(raw: &str) -> String {
+    if raw.contains(':') && !raw.starts_with("live:") {
+        raw.to_string()
+    } else {
+        format!("8:{}", raw.to_ascii_lowercase())
+    }
+}
+
+async fn print_recent(client: &msnp24_client::Client, pagesize: u32) -> anyhow::Result<()> {
+    let mut request = msnp24_proto::xml::RecentConversations {
+        pagesize: Some(pagesize),
+        ..Default::default()
+    };
+    let mut count = 0;
+    loop {
+        let page = client.recent_conversations(&request).await?;
+        for c in &page.conversations {
+            count += 1;
+            match c.messages.first() {
+                Some(m) => println!(
+                    "{}  (last at {}) {}: {}",
+                    c.id, m.original_arrival_time, m.from, m.content
+                ),
+                None => println!("{}  (no messages)", c.id),
+            }
+        }
+        match (page.hasmore, page.syncstate) {
+            (Some(true), Some(state)) => request.syncstate = Some(state),
+            _ => break,
+        }
+    }
+    println!("{count} conversation(s)");
+    Ok(())
+}
+
+fn print_history_message(m: &msnp24_proto::xml::HistoryMessage) {
+    println!(
+        "{} [{}] {}: {}",
+        m.original_arrival_time, m.message_type, m.from, m.content
+    );
 }
 
 fn print_event(frame: &msnp24_proto::Frame) {

@@ -208,6 +208,39 @@ fn two_clients_exchange_a_message_through_serve() {
     assert!(seen.contains("[Text] 8:alice;epid={"), "{seen}");
     assert!(seen.contains(": hello bob"), "{seen}");
 
+    // Both sides find the message by sync: the recent list and the conversation's history.
+    for (user, other) in [("bob", "alice"), ("alice", "bob")] {
+        let out = run(&[
+            "client",
+            "--server",
+            &server,
+            "--http",
+            &http,
+            "--user",
+            user,
+            "--password",
+            "secret1",
+            "--recent",
+            "--history",
+            other,
+            "--pagesize",
+            "7",
+            "--no-listen",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("8:{other}  (last at ")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("1 conversation(s)"), "{stdout}");
+        assert!(stdout.contains("[Text] 8:alice;epid={"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("1 message(s) with 8:{other}")),
+            "{stdout}"
+        );
+    }
+
     let out = run(&[
         "client",
         "--server",

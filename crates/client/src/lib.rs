@@ -71,6 +71,11 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A fresh random `Client-Message-ID` (a decimal number, as real clients send).
+pub fn new_client_message_id() -> String {
+    uuid::Uuid::new_v4().as_u64_pair().0.to_string()
+}
+
 /// A fresh random epid in the 8-4-4-4-12 layout.
 pub fn new_epid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -290,20 +295,144 @@ impl Client {
 
     /// Sends a text message with `SDG` and returns the reply (carrying `Message-ID`).
     pub async fn send_text(&self, to: &str, text: &str) -> anyhow::Result<Frame> {
+        let cmid = new_client_message_id();
+        self.send_message(to, "Text", text.as_bytes(), Some(&cmid))
+            .await
+    }
+
+    /// The `SDG` payload of a message from this endpoint (`Messaging: 2.0`).
+    pub fn message_payload(
+        &self,
+        to: &str,
+        message_type: &str,
+        body: &[u8],
+        client_message_id: Option<&str>,
+    ) -> Vec<u8> {
         let from = self.address();
-        let mut m =
-            FormattedMessage::new(to, &from, ("Messaging", "2.0"), text.as_bytes().to_vec());
-        m.content.push("Message-Type", "Text");
-        m.content.push(
-            "Client-Message-ID",
-            uuid::Uuid::new_v4().as_u64_pair().0.to_string(),
-        );
+        let mut m = FormattedMessage::new(to, &from, ("Messaging", "2.0"), body.to_vec());
+        m.content.push("Message-Type", message_type);
+        if let Some(cmid) = client_message_id {
+            m.content.push("Client-Message-ID", cmid);
+        }
         m.content.push("Content-Type", "text/plain; charset=UTF-8");
         let mut transport = Headers::new();
         if let Some(reg) = self.registration() {
             transport.push("Registration", reg);
         }
-        self.request("SDG", "MSGR", m.to_payload(&transport)).await
+        m.to_payload(&transport)
+    }
+
+    /// Sends any message with `SDG` and returns the reply (carrying `Message-ID`).
+    pub async fn send_message(
+        &self,
+        to: &str,
+        message_type: &str,
+        body: &[u8],
+        client_message_id: Option<&str>,
+    ) -> anyhow::Result<Frame> {
+        let payload = self.message_payload(to, message_type, body, client_message_id);
+        self.request("SDG", "MSGR", payload).await
+    }
+
+    /// Acknowledges a delivered message by its `Ack-Id` (`ACK MSGR`).
+    pub async fn ack(&self, ack_id: &str) -> anyhow::Result<Frame> {
+        let mut headers = Headers::new();
+        if let Some(reg) = self.registration() {
+            headers.push("Registration", reg);
+        }
+        headers.push("Ack-Id", ack_id);
+        self.request(
+            "ACK",
+            "MSGR",
+            Payload::with_headers(headers, Vec::new()).encode(),
+        )
+        .await
+    }
+
+    /// A `GET`/`PUT` whose success reply carries an XML body; error frames become errors.
+    async fn xml_request(&self, cmd: &str, target: &str, body: String) -> anyhow::Result<Vec<u8>> {
+        let reply = expect_ok(self.request(cmd, target, self.payload(body)).await?)?;
+        Ok(reply
+            .parse_payload()
+            .map_err(|e| anyhow!("bad reply payload: {e}"))?
+            .body)
+    }
+
+    /// `GET MSGR\RECENTCONVERSATIONS`: one page of recent conversations.
+    pub async fn recent_conversations(
+        &self,
+        request: &xml::RecentConversations,
+    ) -> anyhow::Result<xml::RecentConversationsResponse> {
+        let body = self
+            .xml_request("GET", "MSGR\\RECENTCONVERSATIONS", request.to_xml())
+            .await?;
+        Ok(xml::RecentConversationsResponse::parse(&body)?)
+    }
+
+    /// `GET MSGR\MESSAGESBYCONVERSATION`: one page of a conversation's history, newest first.
+    pub async fn messages_by_conversation(
+        &self,
+        request: &xml::MessagesByConversation,
+    ) -> anyhow::Result<xml::MessagesByConversationResponse> {
+        let body = self
+            .xml_request("GET", "MSGR\\MESSAGESBYCONVERSATION", request.to_xml())
+            .await?;
+        Ok(xml::MessagesByConversationResponse::parse(&body)?)
+    }
+
+    /// A conversation's whole history (from `start` ms), newest first, following
+    /// `messagessyncstate` until `hasmore` is false.
+    pub async fn history(
+        &self,
+        id: &str,
+        start: Option<u64>,
+        pagesize: u32,
+    ) -> anyhow::Result<Vec<xml::HistoryMessage>> {
+        let mut request = xml::MessagesByConversation {
+            id: id.to_string(),
+            start,
+            pagesize: Some(pagesize),
+            messagessyncstate: None,
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.messages_by_conversation(&request).await?;
+            all.extend(page.messages);
+            match (page.hasmore, page.messagessyncstate) {
+                (true, Some(state)) => request.messagessyncstate = Some(state),
+                (true, None) => bail!("hasmore without a messagessyncstate"),
+                (false, _) => return Ok(all),
+            }
+        }
+    }
+
+    /// `GET MSGR\CONVERSATIONS` for these ids.
+    pub async fn conversations(&self, ids: &[&str]) -> anyhow::Result<xml::ConversationsResponse> {
+        let query = xml::ConversationsQuery {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        let body = self
+            .xml_request("GET", "MSGR\\CONVERSATIONS", query.to_xml())
+            .await?;
+        Ok(xml::ConversationsResponse::parse(&body)?)
+    }
+
+    /// `PUT MSGR\CONVERSATION`: sets properties of a conversation (e.g. `consumptionhorizon`).
+    pub async fn set_conversation_properties(
+        &self,
+        id: &str,
+        properties: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let put = xml::ConversationPut {
+            id: id.to_string(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        self.xml_request("PUT", "MSGR\\CONVERSATION", put.to_xml())
+            .await?;
+        Ok(())
     }
 
     /// This endpoint's address, `8:name;epid={…}`.

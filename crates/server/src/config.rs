@@ -37,6 +37,27 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Failed-login throttling.
     pub login_throttle: ThrottleConfig,
+    /// Per-account limit on `SDG` (803 beyond it).
+    pub send_rate: SendRateConfig,
+}
+
+/// A token bucket per account: `burst` messages at once, refilled at `per_second`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendRateConfig {
+    /// Sustained messages per second, over all the account's endpoints; 0 switches the limit off.
+    pub per_second: f64,
+    /// Messages that may be sent at once after a quiet period.
+    pub burst: u32,
+}
+
+impl Default for SendRateConfig {
+    fn default() -> Self {
+        SendRateConfig {
+            per_second: 20.0,
+            burst: 100,
+        }
+    }
 }
 
 /// Limits on failed password logins, per account and per client address.
@@ -80,6 +101,7 @@ impl Default for Config {
             registration_ttl_secs: 24 * 3600,
             outbound_queue: 256,
             login_throttle: ThrottleConfig::default(),
+            send_rate: SendRateConfig::default(),
         }
     }
 }
@@ -120,6 +142,7 @@ mod tests {
             toml::from_str("idle_timeout_secs = 5\n[login_throttle]\nlockout_secs = 1\n").unwrap();
         assert_eq!(c.idle_timeout_secs, 5);
         assert_eq!(c.login_throttle.lockout_secs, 1);
+        assert_eq!(c.send_rate.burst, 100);
         assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
     }
 
@@ -133,6 +156,7 @@ mod tests {
             .expect("docs/configuration.md has a TOML example");
         let c: Config = toml::from_str(example).unwrap();
         assert_eq!(c.login_throttle.lockout_secs, 600);
+        assert_eq!(c.send_rate.burst, 50);
         assert_eq!(c.tls_listen.map(|a| a.port()), Some(443));
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod contacts;
 pub mod http;
 pub mod presence;
+pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod session;

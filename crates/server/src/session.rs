@@ -1,6 +1,7 @@
 //! One connection's state machine (new → connected → authenticated → bound): checks the state a
 //! command needs and the `Registration` header, dispatches, and keeps registration tokens fresh.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -67,7 +68,13 @@ pub struct Session {
     pub signed_out: bool,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
+    /// The latest `Ack-Id`s handed out, with the stored message each names, so an `ACK` can be
+    /// recorded against its message.
+    deliveries: VecDeque<(String, Option<(String, i64)>)>,
 }
+
+/// `Ack-Id`s remembered per connection; an `ACK` for an older one is recorded without its message.
+const REMEMBERED_DELIVERIES: usize = 256;
 
 impl Session {
     /// A session for a new connection.
@@ -89,7 +96,25 @@ impl Session {
             kick,
             signed_out: false,
             reg_issued_at: 0,
+            deliveries: VecDeque::new(),
         }
+    }
+
+    /// Remembers that `ack_id` was handed out for `message` (conversation key, message id).
+    pub fn note_delivery(&mut self, ack_id: String, message: Option<(String, i64)>) {
+        if self.deliveries.len() >= REMEMBERED_DELIVERIES {
+            self.deliveries.pop_front();
+        }
+        self.deliveries.push_back((ack_id, message));
+    }
+
+    /// The message a delivery's `Ack-Id` names, if this connection handed it out recently.
+    pub fn delivered_message(&self, ack_id: &str) -> Option<(String, i64)> {
+        self.deliveries
+            .iter()
+            .rev()
+            .find(|(a, _)| a.eq_ignore_ascii_case(ack_id))
+            .and_then(|(_, m)| m.clone())
     }
 
     /// The bound endpoint, if any.

@@ -8,6 +8,7 @@ use msnp24_proto::Limits;
 use crate::accounts::LoginThrottle;
 use crate::config::Config;
 use crate::presence::PresenceService;
+use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
 use crate::storage::Storage;
 use crate::tokens::TokenSigner;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub throttle: LoginThrottle,
     /// Who is online, with which documents.
     pub presence: Arc<PresenceService>,
+    /// Per-account `SDG` rate.
+    pub send_limiter: SendLimiter,
     next_conn: AtomicU64,
 }
 
@@ -43,6 +46,7 @@ impl AppState {
             router.clone(),
             config.presence_keepalive(),
         ));
+        let send_limiter = SendLimiter::new(config.send_rate.clone());
         AppState {
             config,
             storage,
@@ -50,6 +54,7 @@ impl AppState {
             tokens,
             throttle,
             presence,
+            send_limiter,
             next_conn: AtomicU64::new(1),
         }
     }

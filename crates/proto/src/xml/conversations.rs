@@ -10,6 +10,17 @@ fn properties_of(element: &Element) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A number that may be written as an empty element (`<start/>`): clients mean "not given".
+fn opt_num_or_empty<T: std::str::FromStr>(
+    element: &Element,
+    name: &str,
+) -> Result<Option<T>, XmlError> {
+    match element.child_text(name).map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(_) => element.opt_num(name),
+    }
+}
+
 /// Reads every `<message>` of a `<messages>` child (empty when absent).
 fn messages_of(element: &Element) -> Result<Vec<HistoryMessage>, XmlError> {
     match element.child("messages") {
@@ -50,8 +61,8 @@ impl RecentConversations {
     pub fn parse(input: &[u8]) -> Result<Self, XmlError> {
         let root = parse_root(input, "recentconversations")?;
         Ok(RecentConversations {
-            start: root.opt_num("start")?,
-            pagesize: root.opt_num("pagesize")?,
+            start: opt_num_or_empty(&root, "start")?,
+            pagesize: opt_num_or_empty(&root, "pagesize")?,
             syncstate: root.opt_string("syncstate"),
         })
     }
@@ -87,8 +98,8 @@ impl MessagesByConversation {
         let root = parse_root(input, "messagesbyconversation")?;
         Ok(MessagesByConversation {
             id: root.required_text("id")?.to_owned(),
-            start: root.opt_num("start")?,
-            pagesize: root.opt_num("pagesize")?,
+            start: opt_num_or_empty(&root, "start")?,
+            pagesize: opt_num_or_empty(&root, "pagesize")?,
             messagessyncstate: root.opt_string("messagessyncstate"),
         })
     }
@@ -475,6 +486,13 @@ mod tests {
             b"<recentconversations><start>soon</start></recentconversations>"
         )
         .is_err());
+        assert_eq!(
+            RecentConversations::parse(
+                b"<recentconversations><start/><pagesize> </pagesize></recentconversations>"
+            )
+            .unwrap(),
+            RecentConversations::default()
+        );
     }
 
     #[test]
@@ -575,6 +593,11 @@ mod tests {
             MessagesByConversation::parse(b"<messagesbyconversation/>"),
             Err(XmlError::Missing("id"))
         );
+        let q = MessagesByConversation::parse(
+            b"<messagesbyconversation><id>8:bob</id><start></start><messagessyncstate/></messagesbyconversation>",
+        )
+        .unwrap();
+        assert_eq!((q.start, q.pagesize), (None, None));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{internal, Flow, Outcome, Refusal};
 use crate::routing::{Delivery, DeliveryFilter, Outbound};
 use crate::session::Session;
 use crate::state::now_ms;
-use crate::storage::{conversation_key, NewMessage};
+use crate::storage::{conversation_key, AckRecord, NewMessage, Participant};
 
 /// Headers the server writes itself; a client's copies are dropped so they cannot be forged.
 const SERVER_HEADERS: [&str; 7] = [
@@ -34,8 +34,9 @@ pub fn iso_time(ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
 }
 
-/// The content block delivered to recipients: the client's headers in order, with the server's
-/// `Message-ID` after the first line and its delivery headers before `Content-Type`.
+/// The content block delivered to recipients as §5 shows it: `Messaging`, the server's
+/// `Message-ID`, the client's `Client-Message-ID`, the client's other headers in order, then the
+/// server's delivery headers before `Content-Type`.
 fn delivered_content(client: &Headers, message_id: i64, arrival_ms: i64) -> Headers {
     let mut out = Headers::new();
     let mut lines = client.iter();
@@ -43,8 +44,13 @@ fn delivered_content(client: &Headers, message_id: i64, arrival_ms: i64) -> Head
         out.push(kind, ver);
     }
     out.push("Message-ID", message_id.to_string());
+    if let Some(cmid) = client.get("Client-Message-ID") {
+        out.push("Client-Message-ID", cmid);
+    }
     for (n, v) in lines {
-        if !SERVER_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(n)) {
+        if !SERVER_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(n))
+            && !n.eq_ignore_ascii_case("Client-Message-ID")
+        {
             out.push(n, v);
         }
     }
@@ -81,6 +87,12 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
     let Some(bound) = s.bound().cloned() else {
         return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
     };
+    if !s.state.send_limiter.try_send(&bound.account) {
+        return Err(Refusal::new(
+            ErrorCode::RateLimited,
+            "too many messages; slow down",
+        ));
+    }
     let (_, msg) = FormattedMessage::parse_payload(&frame.payload)
         .map_err(|e| Refusal::new(ErrorCode::Syntax, format!("bad message: {e}")))?;
     if !msg
@@ -127,6 +139,17 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
     }
 
     let is_control = message_type.starts_with("Control/");
+    let conversation = conversation_key(&sender_mri.to_string(), &to_text);
+    let mut participants = vec![Participant {
+        account: bound.account.clone(),
+        conversation_id: to_text.clone(),
+    }];
+    if recipient != bound.account {
+        participants.push(Participant {
+            account: recipient.clone(),
+            conversation_id: sender_mri.to_string(),
+        });
+    }
     let message_id = if is_control {
         arrival_ms
     } else {
@@ -136,7 +159,8 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             .state
             .storage
             .store_message(NewMessage {
-                conversation: conversation_key(&sender_mri.to_string(), &to_text),
+                conversation: conversation.clone(),
+                participants,
                 sender: sender_mri.to_string(),
                 sender_epid: bound.epid.to_string(),
                 recipient: to_text.clone(),
@@ -171,6 +195,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             body: msg.body,
         },
         arrival_ms,
+        stored: (!is_control).then_some((conversation, message_id)),
     });
     let router = &s.state.router;
     let mut delivered = router
@@ -210,13 +235,36 @@ fn with_message_id(mut reply: Frame, message_id: i64) -> Frame {
     reply
 }
 
-/// Handles `ACK MSGR`: the endpoint acknowledges a delivery by its `Ack-Id`.
-pub fn ack(s: &mut Session, frame: &Frame, payload: &Payload, out: &mut Vec<Frame>) -> Outcome {
+/// Handles `ACK MSGR`: the endpoint acknowledges a delivery by its `Ack-Id`; the acknowledgement
+/// is recorded for this endpoint (with the message, when this connection handed the id out).
+pub async fn ack(
+    s: &mut Session,
+    frame: &Frame,
+    payload: &Payload,
+    out: &mut Vec<Frame>,
+) -> Outcome {
+    let Some(bound) = s.bound().cloned() else {
+        return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
+    };
     let ack_id = payload
         .headers
         .get("Ack-Id")
-        .ok_or_else(|| Refusal::new(ErrorCode::Syntax, "ACK without Ack-Id"))?;
-    tracing::debug!(conn = s.conn_id, ack_id, "ACK");
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && a.len() <= 64)
+        .ok_or_else(|| Refusal::new(ErrorCode::Syntax, "ACK without a usable Ack-Id"))?;
+    let message = s.delivered_message(ack_id);
+    tracing::debug!(conn = s.conn_id, ack_id, ?message, "ACK");
+    s.state
+        .storage
+        .record_ack(AckRecord {
+            account: bound.account.clone(),
+            epid: bound.epid.to_string(),
+            ack_id: ack_id.to_ascii_uppercase(),
+            message,
+            acked_ms: now_ms(),
+        })
+        .await
+        .map_err(internal)?;
     out.push(s.reply(frame, Vec::new(), false));
     Ok(Flow::Continue)
 }
@@ -247,8 +295,8 @@ mod tests {
             [
                 "Messaging",
                 "Message-ID",
-                "Message-Type",
                 "Client-Message-ID",
+                "Message-Type",
                 "Relationship-Type",
                 "Is-Active",
                 "Original-Arrival-Time",

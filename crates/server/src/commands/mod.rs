@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bind;
 pub mod connect;
 pub mod contacts;
+pub mod conversations;
 pub mod endpoint;
 pub mod messaging;
 pub mod presence;
@@ -101,7 +102,13 @@ pub async fn dispatch(
         ("GET", "MSGR\\PRESENCE") => presence::get(s, frame, payload, out).await,
         ("GET", "MSGR\\IMONLINE") => presence::imonline(s, frame, out).await,
         ("SDG", "MSGR") => messaging::sdg(s, frame, out).await,
-        ("ACK", "MSGR") => messaging::ack(s, frame, payload, out),
+        ("ACK", "MSGR") => messaging::ack(s, frame, payload, out).await,
+        ("GET", "MSGR\\RECENTCONVERSATIONS") => conversations::recent(s, frame, payload, out).await,
+        ("GET", "MSGR\\MESSAGESBYCONVERSATION") => {
+            conversations::messages(s, frame, payload, out).await
+        }
+        ("GET", "MSGR\\CONVERSATIONS") => conversations::get(s, frame, payload, out).await,
+        ("PUT", "MSGR\\CONVERSATION") => conversations::put(s, frame, payload, out).await,
         _ => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             format!("unknown command {} {}", frame.cmd, frame.target),

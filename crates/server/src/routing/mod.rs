@@ -70,6 +70,9 @@ pub struct Delivery {
     pub message: FormattedMessage,
     /// Arrival time, unix ms, for `Skype-Age`.
     pub arrival_ms: i64,
+    /// Conversation key and message id of a stored message (not `Control/*`), so that an `ACK`
+    /// of this delivery can name the message.
+    pub stored: Option<(String, i64)>,
 }
 
 /// What a connection's writer receives.

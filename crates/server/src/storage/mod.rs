@@ -23,6 +23,9 @@ pub enum StorageError {
     /// A stored value could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The write was not committed (its batch failed, or storage is closing).
+    #[error("not committed: {0}")]
+    NotCommitted(String),
 }
 
 /// Result alias for storage calls.
@@ -43,11 +46,22 @@ pub struct Account {
     pub created_at: i64,
 }
 
+/// An account taking part in a conversation, and the id under which it sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    /// The account.
+    pub account: AccountName,
+    /// The conversation as this account names it: the other party (`8:bob`) or the thread id.
+    pub conversation_id: String,
+}
+
 /// A message to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
     /// Conversation key (see [`conversation_key`]).
     pub conversation: String,
+    /// Whose history the message enters (their recent-conversations rows are updated with it).
+    pub participants: Vec<Participant>,
     /// Sender's address, `8:name`.
     pub sender: String,
     /// Sender's endpoint id.
@@ -125,6 +139,47 @@ pub struct ContactUpdate {
     pub clear: u32,
 }
 
+/// One account's view of a conversation: what sync lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The id this account sees (`8:bob`, `19:…@thread.skype`).
+    pub id: String,
+    /// The conversation key of its messages.
+    pub key: String,
+    /// Time of the last change, ms.
+    pub version: i64,
+    /// Messages older than this (ms) are not this account's.
+    pub history_from: i64,
+    /// Properties set with `PUT MSGR\CONVERSATION`, in the order first set.
+    pub properties: Vec<(String, String)>,
+    /// The newest message this account may see.
+    pub last_message: Option<StoredMessage>,
+}
+
+/// Where a page of recent conversations ended (the last one returned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentPosition {
+    /// Its version.
+    pub version: i64,
+    /// Its id (orders conversations with equal versions).
+    pub id: String,
+}
+
+/// An endpoint's acknowledgement of a delivery (`ACK MSGR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRecord {
+    /// The acknowledging account.
+    pub account: AccountName,
+    /// Its endpoint.
+    pub epid: String,
+    /// The `Ack-Id` it sent.
+    pub ack_id: String,
+    /// The conversation key and message id, when the `Ack-Id` is one this connection handed out.
+    pub message: Option<(String, i64)>,
+    /// When, unix ms.
+    pub acked_ms: i64,
+}
+
 /// The conversation key of a one-to-one exchange: both addresses in sorted order.
 pub fn conversation_key(a: &str, b: &str) -> String {
     if a <= b {
@@ -153,7 +208,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn remove_account(&self, name: &AccountName) -> StorageResult<bool>;
     /// Stores a message durably (a retry with the same client message id returns the first copy).
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage>;
-    /// Messages of a conversation, oldest first (for tests and history).
+    /// Messages of a conversation, oldest first (for tests and tools).
     async fn conversation_messages(&self, conversation: &str) -> StorageResult<Vec<StoredMessage>>;
     /// An account's contact list, by contact name.
     async fn contacts(&self, owner: &AccountName) -> StorageResult<Vec<Contact>>;
@@ -173,4 +228,41 @@ pub trait Storage: Send + Sync + 'static {
     async fn presence_visible(&self, account: &AccountName) -> StorageResult<Vec<AccountName>>;
     /// Whether either account blocks the other (messaging uses this to drop messages silently).
     async fn is_blocked(&self, a: &AccountName, b: &AccountName) -> StorageResult<bool>;
+    /// Records an endpoint's acknowledgement.
+    async fn record_ack(&self, ack: AckRecord) -> StorageResult<()>;
+    /// The account's conversations changed at or after `start_ms`, most recent first (by version,
+    /// then id), strictly after `after` in that order, at most `limit`.
+    async fn recent_conversations(
+        &self,
+        account: &AccountName,
+        start_ms: i64,
+        after: Option<&RecentPosition>,
+        limit: u32,
+    ) -> StorageResult<Vec<ConversationSummary>>;
+    /// One conversation of the account, if it has it.
+    async fn conversation(
+        &self,
+        account: &AccountName,
+        id: &str,
+    ) -> StorageResult<Option<ConversationSummary>>;
+    /// The account's messages of conversation `id`, newest first: ids at or after `start_ms` (and
+    /// the account's history start), below `before` if given, at most `limit`.
+    async fn history(
+        &self,
+        account: &AccountName,
+        id: &str,
+        start_ms: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StorageResult<Vec<StoredMessage>>;
+    /// Merges `properties` into the account's conversation `id` (created with key `key` if new),
+    /// sets its version to `now_ms` (kept increasing) and returns it.
+    async fn set_conversation_properties(
+        &self,
+        account: &AccountName,
+        id: &str,
+        key: &str,
+        properties: &[(String, String)],
+        now_ms: i64,
+    ) -> StorageResult<ConversationSummary>;
 }

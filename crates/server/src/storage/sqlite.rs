@@ -7,18 +7,298 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use msnp24_proto::AccountName;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    list_bits, Account, Contact, ContactRelation, ContactUpdate, NewMessage, Storage, StorageError,
-    StorageResult, StoredMessage,
+    list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
+    NewMessage, RecentPosition, Storage, StorageError, StorageResult, StoredMessage,
 };
+
+/// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are
+/// concrete: otherwise the compiler cannot prove sqlx's executor bounds for the spawned task.
+type SendFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Runs one statement in the writer's transaction.
+fn exec<'a>(tx: &'a mut WriteTx, sql: &'static str) -> SendFuture<'a, Result<(), sqlx::Error>> {
+    Box::pin(async move { sqlx::query(sql).execute(&mut **tx).await.map(|_| ()) })
+}
+
+/// The writer's open transaction.
+type WriteTx = Transaction<'static, Sqlite>;
+
+/// Most writes committed by one transaction; a larger queue waits for the next one.
+const MAX_BATCH: usize = 512;
+/// Writes waiting for the writer before callers are held back.
+const WRITE_QUEUE: usize = 4096;
 
 /// SQLite-backed [`Storage`].
 #[derive(Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
+    writer: mpsc::Sender<Write>,
+}
+
+/// A write for the group-commit writer, with where to send its outcome once its batch committed.
+enum Write {
+    Message(NewMessage, oneshot::Sender<StorageResult<StoredMessage>>),
+    Ack(AckRecord, oneshot::Sender<StorageResult<()>>),
+    /// Finish what is queued, then stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The outcome of one write inside a batch, sent only after the batch's commit.
+enum Applied {
+    Message(
+        oneshot::Sender<StorageResult<StoredMessage>>,
+        StorageResult<StoredMessage>,
+    ),
+    Ack(oneshot::Sender<StorageResult<()>>, StorageResult<()>),
+}
+
+impl Applied {
+    /// Sends the outcome, or `failure` instead when the batch did not commit.
+    fn answer(self, failure: Option<&str>) {
+        let lost = |msg: &str| StorageError::NotCommitted(msg.to_string());
+        match self {
+            Applied::Message(tx, r) => {
+                let _ = tx.send(match failure {
+                    Some(msg) => Err(lost(msg)),
+                    None => r,
+                });
+            }
+            Applied::Ack(tx, r) => {
+                let _ = tx.send(match failure {
+                    Some(msg) => Err(lost(msg)),
+                    None => r,
+                });
+            }
+        }
+    }
+}
+
+fn writer_gone() -> StorageError {
+    StorageError::NotCommitted("storage is closed".into())
+}
+
+/// The single writer: takes every write already queued (up to [`MAX_BATCH`]) into one
+/// transaction, commits it with one fsync, and only then answers each caller. While a batch
+/// commits, new writes queue up, so the batch size follows the load without any added delay.
+async fn run_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut stop: Option<oneshot::Sender<()>> = None;
+    while stop.is_none() {
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut writes = Vec::with_capacity(batch.len());
+        for w in batch.drain(..) {
+            match w {
+                Write::Stop(tx) => stop = Some(tx),
+                w => writes.push(w),
+            }
+        }
+        if !writes.is_empty() {
+            // Boxed as `Send` here, where the lifetimes are concrete: the compiler cannot prove the
+            // executor bounds of sqlx's transaction for the spawned task's future otherwise.
+            let batch: SendFuture<'_, ()> = Box::pin(commit_batch(&pool, writes));
+            batch.await;
+        }
+    }
+    if let Some(tx) = stop {
+        // Writes queued after the stop request are refused rather than left waiting.
+        rx.close();
+        while let Ok(w) = rx.try_recv() {
+            match w {
+                Write::Message(_, tx) => {
+                    let _ = tx.send(Err(writer_gone()));
+                }
+                Write::Ack(_, tx) => {
+                    let _ = tx.send(Err(writer_gone()));
+                }
+                Write::Stop(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let _ = tx.send(());
+    }
+}
+
+async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
+    let count = writes.len();
+    // IMMEDIATE takes the write lock up front, so a batch never fails half-way on a lock upgrade.
+    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::error!(error = %e, count, "cannot start a write batch");
+            let msg = e.to_string();
+            for w in writes {
+                refuse(w, &msg);
+            }
+            return;
+        }
+    };
+    let mut applied = Vec::with_capacity(count);
+    for w in writes {
+        // Each write in its own savepoint: one failing write does not take the others down.
+        if let Err(e) = exec(&mut tx, "SAVEPOINT w").await {
+            refuse(w, &e.to_string());
+            continue;
+        }
+        let outcome = match w {
+            Write::Message(m, reply) => {
+                let insert: SendFuture<'_, _> = Box::pin(insert_message(&mut tx, m));
+                Applied::Message(reply, insert.await)
+            }
+            Write::Ack(a, reply) => {
+                let insert: SendFuture<'_, _> = Box::pin(insert_ack(&mut tx, a));
+                Applied::Ack(reply, insert.await)
+            }
+            Write::Stop(reply) => {
+                let _ = reply.send(());
+                continue;
+            }
+        };
+        let ok = match &outcome {
+            Applied::Message(_, r) => r.is_ok(),
+            Applied::Ack(_, r) => r.is_ok(),
+        };
+        applied.push(outcome);
+        let undone = ok || exec(&mut tx, "ROLLBACK TO w").await.is_ok();
+        if let (false, _) | (_, Err(_)) = (undone, exec(&mut tx, "RELEASE w").await) {
+            // A write that cannot be undone must not be committed half-way: drop the whole batch.
+            tracing::error!(count, "savepoint failed; rolling the write batch back");
+            drop(tx);
+            for a in applied {
+                a.answer(Some("savepoint failed"));
+            }
+            return;
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            tracing::trace!(count, "write batch committed");
+            for a in applied {
+                a.answer(None);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, count, "write batch not committed");
+            let msg = e.to_string();
+            for a in applied {
+                a.answer(Some(&msg));
+            }
+        }
+    }
+}
+
+fn refuse(w: Write, msg: &str) {
+    let err = || StorageError::NotCommitted(msg.to_string());
+    match w {
+        Write::Message(_, tx) => {
+            let _ = tx.send(Err(err()));
+        }
+        Write::Ack(_, tx) => {
+            let _ = tx.send(Err(err()));
+        }
+        Write::Stop(tx) => {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn insert_message(tx: &mut WriteTx, message: NewMessage) -> StorageResult<StoredMessage> {
+    if let Some(cmid) = &message.client_message_id {
+        let existing = sqlx::query(
+            "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
+        )
+        .bind(&message.conversation)
+        .bind(&message.sender)
+        .bind(cmid)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = existing {
+            let mut stored = message_from_row(&row)?;
+            stored.duplicate = true;
+            return Ok(stored);
+        }
+    }
+    // Message ids are arrival times in ms, made strictly increasing within a conversation so
+    // that two messages in the same millisecond still get distinct ids, and so that a new
+    // message always sorts after every stored one (history pages never shift).
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(message_id) FROM messages WHERE conversation = ?")
+            .bind(&message.conversation)
+            .fetch_one(&mut **tx)
+            .await?;
+    let message_id = last.map_or(message.arrival_ms, |l| {
+        l.saturating_add(1).max(message.arrival_ms)
+    });
+    sqlx::query(
+        "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&message.conversation)
+    .bind(message_id)
+    .bind(&message.sender)
+    .bind(&message.sender_epid)
+    .bind(&message.recipient)
+    .bind(&message.client_message_id)
+    .bind(&message.message_type)
+    .bind(&message.headers)
+    .bind(&message.content)
+    .bind(message.arrival_ms)
+    .execute(&mut **tx)
+    .await?;
+    for p in &message.participants {
+        // A new row's history starts when the account was created, so a name that is removed
+        // and taken again does not inherit the old account's conversations.
+        sqlx::query(
+            "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from)
+             VALUES (?1, ?2, ?3, ?4, ?4, COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = ?1), 0))
+             ON CONFLICT (account, id) DO UPDATE SET
+                 version = MAX(version, excluded.version),
+                 last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)",
+        )
+        .bind(p.account.as_str())
+        .bind(&p.conversation_id)
+        .bind(&message.conversation)
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(StoredMessage {
+        message_id,
+        message,
+        duplicate: false,
+    })
+}
+
+async fn insert_ack(tx: &mut WriteTx, ack: AckRecord) -> StorageResult<()> {
+    let (conversation, message_id) = match ack.message {
+        Some((c, m)) => (Some(c), Some(m)),
+        None => (None, None),
+    };
+    sqlx::query(
+        "INSERT INTO message_acks (account, epid, ack_id, conversation, message_id, acked_ms) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(ack.account.as_str())
+    .bind(&ack.epid)
+    .bind(&ack.ack_id)
+    .bind(conversation)
+    .bind(message_id)
+    .bind(ack.acked_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -38,14 +318,75 @@ impl SqliteStorage {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStorage { pool })
+        let (writer, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(run_writer(pool.clone(), rx));
+        Ok(SqliteStorage { pool, writer })
     }
 
-    /// Closes the pool, waiting for running statements.
+    /// Commits every queued write, stops the writer and closes the pool.
     pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Write::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
         self.pool.close().await;
     }
+
+    async fn submit(&self, write: Write) -> StorageResult<()> {
+        self.writer.send(write).await.map_err(|_| writer_gone())
+    }
+
+    async fn properties(
+        &self,
+        account: &AccountName,
+        id: &str,
+    ) -> StorageResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT name, value FROM conversation_properties WHERE account = ? AND id = ? ORDER BY position",
+        )
+        .bind(account.as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    /// Completes conversation rows (joined with their last message) with their properties.
+    async fn summaries(
+        &self,
+        account: &AccountName,
+        rows: &[SqliteRow],
+    ) -> StorageResult<Vec<ConversationSummary>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("c_id")?;
+            let history_from: i64 = row.try_get("c_history_from")?;
+            let has_message: Option<i64> = row.try_get("message_id")?;
+            let last_message = match has_message {
+                Some(mid) if mid >= history_from => Some(message_from_row(row)?),
+                _ => None,
+            };
+            out.push(ConversationSummary {
+                properties: self.properties(account, &id).await?,
+                key: row.try_get("c_conversation")?,
+                version: row.try_get("c_version")?,
+                history_from,
+                last_message,
+                id,
+            });
+        }
+        Ok(out)
+    }
 }
+
+/// Conversation rows with their last message (message columns NULL when there is none).
+const SUMMARY_SELECT: &str =
+    "SELECT c.id AS c_id, c.conversation AS c_conversation, c.version AS c_version,
+        c.history_from AS c_history_from, m.*
+    FROM conversations c
+    LEFT JOIN messages m ON m.conversation = c.conversation AND m.message_id = c.last_message_id";
 
 fn account_from_row(row: &sqlx::sqlite::SqliteRow) -> StorageResult<Account> {
     let name: String = row.try_get("name")?;
@@ -63,7 +404,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> StorageResult<StoredMessage> {
+fn message_from_row(row: &SqliteRow) -> StorageResult<StoredMessage> {
     Ok(StoredMessage {
         message_id: row.try_get("message_id")?,
         duplicate: false,
@@ -77,6 +418,7 @@ fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> StorageResult<StoredMessag
             headers: row.try_get("headers")?,
             content: row.try_get("content")?,
             arrival_ms: row.try_get("arrival_ms")?,
+            participants: Vec::new(),
         },
     })
 }
@@ -156,61 +498,26 @@ impl Storage for SqliteStorage {
     }
 
     async fn remove_account(&self, name: &AccountName) -> StorageResult<bool> {
+        // The other parties keep the messages; the account's own view of them goes with it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM accounts WHERE name = ?")
             .bind(name.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        for table in ["conversations", "conversation_properties", "message_acks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE account = ?"))
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(cmid) = &message.client_message_id {
-            let existing = sqlx::query(
-                "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
-            )
-            .bind(&message.conversation)
-            .bind(&message.sender)
-            .bind(cmid)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                let mut stored = message_from_row(&row)?;
-                stored.duplicate = true;
-                return Ok(stored);
-            }
-        }
-        // Message ids are arrival times in ms, made strictly increasing within a conversation so
-        // that two messages in the same millisecond still get distinct ids.
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(message_id) FROM messages WHERE conversation = ?")
-                .bind(&message.conversation)
-                .fetch_one(&mut *tx)
-                .await?;
-        let message_id = last.map_or(message.arrival_ms, |l| {
-            l.saturating_add(1).max(message.arrival_ms)
-        });
-        sqlx::query(
-            "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&message.conversation)
-        .bind(message_id)
-        .bind(&message.sender)
-        .bind(&message.sender_epid)
-        .bind(&message.recipient)
-        .bind(&message.client_message_id)
-        .bind(&message.message_type)
-        .bind(&message.headers)
-        .bind(&message.content)
-        .bind(message.arrival_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(StoredMessage {
-            message_id,
-            message,
-            duplicate: false,
-        })
+        let (tx, rx) = oneshot::channel();
+        self.submit(Write::Message(message, tx)).await?;
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn conversation_messages(&self, conversation: &str) -> StorageResult<Vec<StoredMessage>> {
@@ -267,7 +574,9 @@ impl Storage for SqliteStorage {
 
     async fn update_contacts(&self, updates: &[ContactUpdate]) -> StorageResult<Vec<(u32, u32)>> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the rows are read then written, and a deferred transaction could fail on
+        // the lock upgrade while the message writer commits.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::with_capacity(updates.len());
         for u in updates {
             let old: Option<i64> =
@@ -347,6 +656,115 @@ impl Storage for SqliteStorage {
         .fetch_optional(&self.pool)
         .await?;
         Ok(blocked.is_some())
+    }
+
+    async fn record_ack(&self, ack: AckRecord) -> StorageResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Write::Ack(ack, tx)).await?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn recent_conversations(
+        &self,
+        account: &AccountName,
+        start_ms: i64,
+        after: Option<&RecentPosition>,
+        limit: u32,
+    ) -> StorageResult<Vec<ConversationSummary>> {
+        let (after_version, after_id) = match after {
+            Some(p) => (p.version, p.id.as_str()),
+            None => (i64::MAX, ""),
+        };
+        let sql = format!(
+            "{SUMMARY_SELECT} WHERE c.account = ?1 AND c.version >= ?2
+               AND (c.version < ?3 OR (c.version = ?3 AND ?4 <> '' AND c.id < ?4))
+             ORDER BY c.version DESC, c.id DESC LIMIT ?5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(account.as_str())
+            .bind(start_ms)
+            .bind(after_version)
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        self.summaries(account, &rows).await
+    }
+
+    async fn conversation(
+        &self,
+        account: &AccountName,
+        id: &str,
+    ) -> StorageResult<Option<ConversationSummary>> {
+        let sql = format!("{SUMMARY_SELECT} WHERE c.account = ? AND c.id = ?");
+        let rows = sqlx::query(&sql)
+            .bind(account.as_str())
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(self.summaries(account, &rows).await?.into_iter().next())
+    }
+
+    async fn history(
+        &self,
+        account: &AccountName,
+        id: &str,
+        start_ms: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        let rows = sqlx::query(
+            "SELECT m.* FROM conversations c JOIN messages m ON m.conversation = c.conversation
+             WHERE c.account = ? AND c.id = ? AND m.message_id >= MAX(c.history_from, ?) AND m.message_id < ?
+             ORDER BY m.message_id DESC LIMIT ?",
+        )
+        .bind(account.as_str())
+        .bind(id)
+        .bind(start_ms)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn set_conversation_properties(
+        &self,
+        account: &AccountName,
+        id: &str,
+        key: &str,
+        properties: &[(String, String)],
+        now_ms: i64,
+    ) -> StorageResult<ConversationSummary> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO conversations (account, id, conversation, version, history_from)
+             VALUES (?1, ?2, ?3, ?4, COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = ?1), 0))
+             ON CONFLICT (account, id) DO UPDATE SET version = MAX(version + 1, excluded.version)",
+        )
+        .bind(account.as_str())
+        .bind(id)
+        .bind(key)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        for (name, value) in properties {
+            sqlx::query(
+                "INSERT INTO conversation_properties (account, id, name, value, position)
+                 VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(position), 0) + 1 FROM conversation_properties WHERE account = ?1 AND id = ?2))
+                 ON CONFLICT (account, id, name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(account.as_str())
+            .bind(id)
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.conversation(account, id)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt(format!("conversation {id} vanished")))
     }
 }
 

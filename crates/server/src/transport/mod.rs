@@ -82,7 +82,8 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Finishes a chat message for this connection: its own `Ack-Id`, `Context` and `Skype-Age`.
-fn finish_delivery(d: &Delivery, context: &str) -> Frame {
+/// Returns the frame and its `Ack-Id`.
+fn finish_delivery(d: &Delivery, context: &str) -> (Frame, String) {
     let mut message = d.message.clone();
     let age = (now_ms() - d.arrival_ms).max(0);
     let at = message
@@ -95,13 +96,14 @@ fn finish_delivery(d: &Delivery, context: &str) -> Frame {
         .content
         .0
         .insert(at, ("Skype-Age".to_string(), age.to_string()));
+    let ack_id = format!("{:016X}", rand::thread_rng().gen::<u64>());
     let transport = Headers::new()
-        .with(
-            "Ack-Id",
-            format!("{:016X}", rand::thread_rng().gen::<u64>()),
-        )
+        .with("Ack-Id", ack_id.clone())
         .with("Context", context);
-    Frame::new("SDG", 0, "MSGR", message.to_payload(&transport))
+    (
+        Frame::new("SDG", 0, "MSGR", message.to_payload(&transport)),
+        ack_id,
+    )
 }
 
 fn out_frame(reason: &str) -> Frame {
@@ -144,9 +146,9 @@ pub async fn serve_connection<S>(
             _ = sleep_until(deadline) => break 'conn Some(KickReason::SessionTimeout),
             Some(item) = rx.recv() => {
                 wbuf.clear();
-                encode_outbound(&item, &session.context, &mut wbuf);
+                encode_outbound(&item, &mut session, &mut wbuf);
                 while let Ok(item) = rx.try_recv() {
-                    encode_outbound(&item, &session.context, &mut wbuf);
+                    encode_outbound(&item, &mut session, &mut wbuf);
                 }
                 if write_all(&mut wr, &wbuf).await.is_err() {
                     vanished = true;
@@ -202,7 +204,7 @@ pub async fn serve_connection<S>(
                 if close {
                     // Sign-out flushes what was already queued for this endpoint.
                     while let Ok(item) = rx.try_recv() {
-                        encode_outbound(&item, &session.context, &mut wbuf);
+                        encode_outbound(&item, &mut session, &mut wbuf);
                     }
                 }
                 if write_all(&mut wr, &wbuf).await.is_err() {
@@ -226,10 +228,14 @@ pub async fn serve_connection<S>(
     tracing::info!(conn, %peer, "connection closed");
 }
 
-fn encode_outbound(item: &Outbound, context: &str, out: &mut Vec<u8>) {
+fn encode_outbound(item: &Outbound, session: &mut Session, out: &mut Vec<u8>) {
     match item {
         Outbound::Frame(f) => f.encode_into(out),
-        Outbound::Message(d) => finish_delivery(d, context).encode_into(out),
+        Outbound::Message(d) => {
+            let (frame, ack_id) = finish_delivery(d, &session.context);
+            frame.encode_into(out);
+            session.note_delivery(ack_id, d.stored.clone());
+        }
     }
 }
 
