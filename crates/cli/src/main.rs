@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 mod bench;
 use clap::{Args, Parser, Subcommand};
-use msnp24_proto::{AccountName, FormattedMessage};
+use msnp24_proto::AccountName;
 use msnp24_server::accounts::AccountError;
 use msnp24_server::storage::{ProfileUpdate, Storage, StorageError};
 use msnp24_server::{accounts, certs, Config, Server};
@@ -35,7 +35,7 @@ enum Command {
         command: UserCommand,
     },
     /// Log in to a server, optionally send a message, and print what arrives.
-    Client(ClientArgs),
+    Client(Box<ClientArgs>),
     /// Load generator: drive a server with many real clients and report the figures.
     Bench(bench::BenchArgs),
     /// Certificates: export the CA clients must trust.
@@ -164,6 +164,13 @@ enum UserCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// List an account's contacts with their list bits.
+    Contacts {
+        /// Account name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Args)]
@@ -189,6 +196,30 @@ struct ClientArgs {
     /// The message text.
     #[arg(long, requires = "to")]
     message: Option<String>,
+    /// Add a contact (watch and allow them; asks them if they have not allowed us). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    add: Vec<String>,
+    /// Accept a contact request (allow them and watch them back). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    allow: Vec<String>,
+    /// Decline a contact request. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    decline: Vec<String>,
+    /// Block an account: no presence or messages either way. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    block: Vec<String>,
+    /// Lift a block. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    unblock: Vec<String>,
+    /// Remove a contact. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    remove: Vec<String>,
+    /// Publish this status: NLN, AWY, BSY or HDN (older clients' IDL, BRB, PHN, LUN work too).
+    #[arg(long)]
+    status: Option<String>,
+    /// Publish this mood (with --status, or NLN).
+    #[arg(long)]
+    mood: Option<String>,
     /// List recent conversations (each with its last message), then continue.
     #[arg(long)]
     recent: bool,
@@ -232,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Client(args) => {
             init_logging("warn");
-            client(args).await
+            client(*args).await
         }
         Command::Bench(args) => {
             init_logging("warn");
@@ -472,6 +503,19 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             }
             storage.close().await;
         }
+        UserCommand::Contacts { name: raw, dir } => {
+            let name = name(&raw)?;
+            let storage = open(&dir).await?;
+            if storage.account(&name).await?.is_none() {
+                bail!("no account named {name}");
+            }
+            let contacts = storage.contacts(&name).await?;
+            for c in &contacts {
+                println!("{}\t{}", c.name, describe_bits(c.bits));
+            }
+            eprintln!("{} contact(s)", contacts.len());
+            storage.close().await;
+        }
         UserCommand::Remove { name: raw, dir } => {
             let name = name(&raw)?;
             let storage = open(&dir).await?;
@@ -481,6 +525,54 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             println!("removed {name}");
             storage.close().await;
         }
+    }
+    Ok(())
+}
+
+/// `forward,allow (3)`: the list bits by name, then the number.
+fn describe_bits(bits: u32) -> String {
+    use msnp24_server::storage::list_bits::{ALLOW, BLOCK, FORWARD, PENDING};
+    let names: Vec<&str> = [
+        (FORWARD, "forward"),
+        (ALLOW, "allow"),
+        (BLOCK, "block"),
+        (PENDING, "pending"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| bits & b != 0)
+    .map(|(_, n)| n)
+    .collect();
+    format!("{} ({bits})", names.join(","))
+}
+
+/// Applies the contact and presence flags of `msnp24 client`, printing what was done.
+async fn client_actions(client: &msnp24_client::Client, args: &ClientArgs) -> anyhow::Result<()> {
+    for (names, verb) in [
+        (&args.add, "added"),
+        (&args.allow, "allowed"),
+        (&args.decline, "declined"),
+        (&args.block, "blocked"),
+        (&args.unblock, "unblocked"),
+        (&args.remove, "removed"),
+    ] {
+        for raw in names {
+            let n = name(raw)?;
+            let n = n.as_str();
+            match verb {
+                "added" => client.add_contact(n).await?,
+                "allowed" => client.allow_contact(n).await?,
+                "declined" => client.decline_contact(n).await?,
+                "blocked" => client.block_contact(n).await?,
+                "unblocked" => client.unblock_contact(n).await?,
+                _ => client.remove_contact(n).await?,
+            };
+            println!("{verb} {n}");
+        }
+    }
+    if args.status.is_some() || args.mood.is_some() {
+        let status = args.status.as_deref().unwrap_or("NLN").to_ascii_uppercase();
+        client.set_presence(&status, args.mood.as_deref()).await?;
+        println!("presence: {status}");
     }
     Ok(())
 }
@@ -499,6 +591,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         .login(account.as_str(), &token.token, &msnp24_client::new_epid())
         .await?;
     println!("signed in as 8:{account}");
+    client_actions(&client, &args).await?;
     if let (Some(to), Some(text)) = (&args.to, &args.message) {
         let to = address(to);
         let reply = msnp24_client::expect_ok(client.send_text(&to, text).await?)?;
@@ -589,22 +682,5 @@ fn print_history_message(m: &msnp24_proto::xml::HistoryMessage) {
 }
 
 fn print_event(frame: &msnp24_proto::Frame) {
-    if frame.cmd == "SDG" {
-        if let Ok((_, m)) = FormattedMessage::parse_payload(&frame.payload) {
-            println!(
-                "[{}] {}: {}",
-                m.message_type().unwrap_or("?"),
-                m.from().unwrap_or("?"),
-                m.body_lossy()
-            );
-            return;
-        }
-    }
-    println!(
-        "{} {} {}\n{}",
-        frame.cmd,
-        frame.trid,
-        frame.target,
-        frame.payload_lossy().trim_end()
-    );
+    println!("{}", msnp24_client::Event::from_frame(frame));
 }

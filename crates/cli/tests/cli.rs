@@ -372,3 +372,93 @@ fn two_clients_exchange_a_message_through_serve() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+#[test]
+fn contacts_through_the_client_and_user_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for name in ["alice", "bob"] {
+        assert!(run(&[
+            "user",
+            "add",
+            name,
+            "--password",
+            "secret1",
+            "--data-dir",
+            d
+        ])
+        .status
+        .success());
+    }
+    let (_server, msnp, http) = serve(dir.path());
+    let server = format!("127.0.0.1:{msnp}");
+    let http = format!("http://127.0.0.1:{http}");
+    let client = |user: &str, extra: &[&str]| -> Vec<String> {
+        let base = [
+            "client",
+            "--server",
+            &server,
+            "--http",
+            &http,
+            "--user",
+            user,
+            "--password",
+            "secret1",
+        ];
+        let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let mut bob = Command::new(BIN)
+        .args(client("bob", &["--status", "nln", "--listen-secs", "8"]))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bob_out = BufReader::new(bob.stdout.take().unwrap());
+    let mut line = String::new();
+    bob_out.read_line(&mut line).unwrap();
+    assert_eq!(line, "signed in as 8:bob\n");
+    line.clear();
+    bob_out.read_line(&mut line).unwrap();
+    assert_eq!(line, "presence: NLN\n");
+
+    let args = client(
+        "alice",
+        &[
+            "--add",
+            "bob",
+            "--status",
+            "BSY",
+            "--mood",
+            "at work",
+            "--no-listen",
+        ],
+    );
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("added bob\npresence: BSY\n"), "{stdout}");
+
+    line.clear();
+    bob_out.read_line(&mut line).unwrap();
+    assert_eq!(line, "contact request from alice\n");
+    let _ = bob.kill();
+    let _ = bob.wait();
+
+    let contacts = |who: &str| {
+        let out = run(&["user", "contacts", who, "--data-dir", d]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(contacts("bob"), "alice\tpending (8)\n");
+    let out = Command::new(BIN)
+        .args(client("bob", &["--allow", "alice", "--no-listen"]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(contacts("bob"), "alice\tforward,allow (3)\n");
+    assert_eq!(contacts("alice"), "bob\tforward,allow (3)\n");
+    assert!(!run(&["user", "contacts", "nobody", "--data-dir", d])
+        .status
+        .success());
+}

@@ -1,7 +1,14 @@
 //! Checks a frame the server sent against the reference's §0 rules (what strict clients break on).
 //! The client runs it on every frame it receives, so every test checks it for free.
 
-use msnp24_proto::{FormattedMessage, Frame};
+use msnp24_proto::xml::contacts::ContactList;
+use msnp24_proto::xml::presence_doc::UserDoc;
+use msnp24_proto::{FormattedMessage, Frame, Mri};
+
+/// The error codes of §9; anything else is unknown to clients.
+const ERROR_CODES: [&str; 9] = [
+    "200", "201", "208", "240", "500", "603", "715", "803", "911",
+];
 
 fn upper_letters(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase())
@@ -33,9 +40,21 @@ pub fn check_frame(frame: &Frame) -> Result<(), String> {
             frame.cmd, frame.target
         ));
     }
+    if cmd.bytes().all(|b| b.is_ascii_digit()) && !ERROR_CODES.contains(&cmd) {
+        return Err(format!("error code {cmd} is not one of §9"));
+    }
     check_payload(&frame.payload)?;
-    if frame.cmd == "NFY" && frame.target == "MSGR\\PUT" {
-        check_presence(frame)?;
+    match (cmd, frame.target.as_str()) {
+        ("NFY", "MSGR\\PUT") => check_presence(frame)?,
+        ("NFY", "MSGR\\DEL") => check_offline(frame)?,
+        ("NFY", "MSGR\\CONTACTS") => {
+            let body = frame
+                .payload
+                .strip_prefix(b"\r\n")
+                .unwrap_or(&frame.payload);
+            ContactList::parse(body).map_err(|e| format!("NFY MSGR\\CONTACTS body: {e}"))?;
+        }
+        _ => {}
     }
     if frame.cmd == "SDG" || frame.cmd == "NFY" {
         if let Ok((_, m)) = FormattedMessage::parse_payload(&frame.payload) {
@@ -79,10 +98,21 @@ pub fn check_payload(payload: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// §0.5: exactly one `<Status>` of an allowed value and at most one `<Mood>`.
+/// The account an address names, without its endpoint.
+fn account_of(addr: Option<&str>) -> Option<String> {
+    addr.and_then(|a| Mri::parse(a).ok())
+        .map(|m| m.without_epid().to_string().to_ascii_lowercase())
+}
+
+/// §0.5: exactly one `<Status>` of an allowed value, inside `<s n="IM">` of a `<user>` document,
+/// at most one `<Mood>`, and `HDN` only to the account's own endpoints.
 fn check_presence(frame: &Frame) -> Result<(), String> {
     let (_, m) = FormattedMessage::parse_payload(&frame.payload)
         .map_err(|e| format!("NFY MSGR\\PUT is not a formatted message: {e}"))?;
+    let doc = UserDoc::parse(&m.body).map_err(|e| format!("NFY MSGR\\PUT body: {e}"))?;
+    if doc.service("IM").and_then(|s| s.field("Status")).is_none() {
+        return Err("presence has no <Status> in <s n=\"IM\">".into());
+    }
     let body = String::from_utf8_lossy(&m.body);
     let statuses: Vec<&str> = body
         .split("<Status>")
@@ -100,6 +130,27 @@ fn check_presence(frame: &Frame) -> Result<(), String> {
     }
     if body.matches("<Mood>").count() > 1 {
         return Err("presence carries several <Mood> elements".into());
+    }
+    if statuses[0] == "HDN" && account_of(m.to()) != account_of(m.from()) {
+        return Err("HDN sent to another account".into());
+    }
+    Ok(())
+}
+
+/// §4.4: offline is `NFY MSGR\DEL` naming the account alone, with an empty `<user>` document.
+fn check_offline(frame: &Frame) -> Result<(), String> {
+    let (_, m) = FormattedMessage::parse_payload(&frame.payload)
+        .map_err(|e| format!("NFY MSGR\\DEL is not a formatted message: {e}"))?;
+    let from = m.from().and_then(|f| Mri::parse(f).ok());
+    if from.as_ref().is_none_or(|f| f.epid.is_some()) {
+        return Err(format!(
+            "NFY MSGR\\DEL From {:?} is not an account alone",
+            m.from()
+        ));
+    }
+    let doc = UserDoc::parse(&m.body).map_err(|e| format!("NFY MSGR\\DEL body: {e}"))?;
+    if !doc.is_empty() {
+        return Err("NFY MSGR\\DEL carries a document".into());
     }
     Ok(())
 }
@@ -130,5 +181,46 @@ mod tests {
         assert!(check_frame(&Frame::new("PUT", 3, "MSGR", b"X: \r\n\r\n".to_vec())).is_err());
         assert!(check_frame(&Frame::new("PUT", 3, "MSGR", b"<xml/>".to_vec())).is_err());
         assert!(check_frame(&Frame::new("PUT", 3, "msgr", b"\r\n".to_vec())).is_err());
+        assert!(check_frame(&Frame::new("404", 3, "MSGR", b"\r\nx".to_vec())).is_err());
+        assert!(check_frame(&Frame::new("715", 3, "CON", b"\r\nx".to_vec())).is_ok());
+    }
+
+    fn nfy(target: &str, from: &str, to: &str, body: &str) -> Frame {
+        let m = FormattedMessage::new(to, from, ("Notification", "1.0"), body.as_bytes().to_vec());
+        Frame::new(
+            "NFY",
+            0,
+            target,
+            m.to_payload(&msnp24_proto::Headers::new()),
+        )
+    }
+
+    #[test]
+    fn presence_rules() {
+        let e = "8:alice;epid={b958d334-651e-82fe-a2a1-3dfbb7f5cc08}";
+        let one = "<user><s n=\"IM\"><Status>NLN</Status></s></user>";
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "8:bob", one)).is_ok());
+        let two = "<user><s n=\"IM\"><Status>NLN</Status></s><sep n=\"IM\" epid=\"x\"><Status>BSY</Status></sep></user>";
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "8:bob", two)).is_err());
+        let idle = one.replace("NLN", "IDL");
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "8:bob", &idle)).is_err());
+        let hidden = one.replace("NLN", "HDN");
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "8:bob", &hidden)).is_err());
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "8:alice", &hidden)).is_ok());
+        let elsewhere = "<user><s n=\"PE\"><Status>NLN</Status></s></user>";
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "8:bob", elsewhere)).is_err());
+        assert!(check_frame(&nfy("MSGR\\DEL", "8:alice", "8:bob", "<user></user>")).is_ok());
+        assert!(check_frame(&nfy("MSGR\\DEL", e, "8:bob", "<user></user>")).is_err());
+        assert!(check_frame(&nfy("MSGR\\DEL", "8:alice", "8:bob", one)).is_err());
+        assert!(check_frame(&nfy("MSGR\\PUT", e, "4:+123", one)).is_err());
+        let ml = b"\r\n<ml l=\"8\"><skp><c n=\"alice\" t=\"8\"/></skp></ml>".to_vec();
+        assert!(check_frame(&Frame::new("NFY", 0, "MSGR\\CONTACTS", ml)).is_ok());
+        assert!(check_frame(&Frame::new(
+            "NFY",
+            0,
+            "MSGR\\CONTACTS",
+            b"\r\n<x/>".to_vec()
+        ))
+        .is_err());
     }
 }

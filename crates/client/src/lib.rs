@@ -317,6 +317,14 @@ impl Client {
             .await
     }
 
+    /// Ends the connection without `OUT`, as a client that loses its network does: the server
+    /// sees the stream end.
+    pub async fn drop_connection(&self) -> anyhow::Result<()> {
+        let mut w = self.writer.lock().await;
+        w.shutdown().await?;
+        Ok(())
+    }
+
     /// Sends a text message with `SDG` and returns the reply (carrying `Message-ID`).
     pub async fn send_text(&self, to: &str, text: &str) -> anyhow::Result<Frame> {
         let cmid = new_client_message_id();
@@ -332,11 +340,7 @@ impl Client {
         body: &[u8],
         client_message_id: Option<&str>,
     ) -> Vec<u8> {
-        let from = format!(
-            "8:{};epid={{{}}}",
-            self.account,
-            self.epid.trim_matches(|c| c == '{' || c == '}')
-        );
+        let from = self.address();
         let mut m = FormattedMessage::new(to, &from, ("Messaging", "2.0"), body.to_vec());
         m.content.push("Message-Type", message_type);
         if let Some(cmid) = client_message_id {
@@ -463,6 +467,154 @@ impl Client {
         Ok(())
     }
 
+    /// This endpoint's address, `8:name;epid={…}`.
+    pub fn address(&self) -> String {
+        format!(
+            "8:{};epid={{{}}}",
+            self.account,
+            self.epid.trim_matches(|c| c == '{' || c == '}')
+        )
+    }
+
+    /// Sends a `PUT`/`DEL` of `MSGR\CONTACTS` naming `names` (Skype names) with these list bits
+    /// (1 forward, 2 allow, 4 block, 8 pending); fails on an error reply.
+    pub async fn contacts(&self, cmd: &str, bits: u32, names: &[&str]) -> anyhow::Result<Frame> {
+        let ml = xml::contacts::ContactList {
+            list_bits: bits,
+            contacts: names
+                .iter()
+                .map(|n| xml::contacts::ContactEntry {
+                    name: n.to_string(),
+                    network: 8,
+                    bits,
+                    services: Vec::new(),
+                })
+                .collect(),
+        };
+        expect_ok(
+            self.request(cmd, "MSGR\\CONTACTS", self.payload(ml.to_xml()))
+                .await?,
+        )
+    }
+
+    /// Adds a contact the way real clients do (`<ml l="1">` with `<s l="3">` services: watch and
+    /// allow); asks them when they have not allowed us yet.
+    pub async fn add_contact(&self, name: &str) -> anyhow::Result<Frame> {
+        let ml = xml::contacts::ContactList {
+            list_bits: 1,
+            contacts: vec![xml::contacts::ContactEntry {
+                name: name.to_string(),
+                network: 8,
+                bits: 3,
+                services: vec![("IM".into(), 3), ("SKP".into(), 3)],
+            }],
+        };
+        expect_ok(
+            self.request("PUT", "MSGR\\CONTACTS", self.payload(ml.to_xml()))
+                .await?,
+        )
+    }
+
+    /// Accepts a contact request (allow them, and watch them back).
+    pub async fn allow_contact(&self, name: &str) -> anyhow::Result<Frame> {
+        self.contacts("PUT", 3, &[name]).await
+    }
+
+    /// Declines a contact request (clears the pending bit).
+    pub async fn decline_contact(&self, name: &str) -> anyhow::Result<Frame> {
+        self.contacts("DEL", 8, &[name]).await
+    }
+
+    /// Blocks an account: no presence or messages either way.
+    pub async fn block_contact(&self, name: &str) -> anyhow::Result<Frame> {
+        self.contacts("PUT", 4, &[name]).await
+    }
+
+    /// Lifts a block.
+    pub async fn unblock_contact(&self, name: &str) -> anyhow::Result<Frame> {
+        self.contacts("DEL", 4, &[name]).await
+    }
+
+    /// Removes a contact (stops watching and allowing them).
+    pub async fn remove_contact(&self, name: &str) -> anyhow::Result<Frame> {
+        self.contacts("DEL", 3, &[name]).await
+    }
+
+    /// Publishes a presence document with `PUT MSGR\PRESENCE` (§4.3).
+    pub async fn publish(&self, doc: &xml::presence_doc::UserDoc) -> anyhow::Result<Frame> {
+        let mut m = FormattedMessage::new(
+            &format!("8:{}", self.account),
+            &self.address(),
+            ("Publication", "1.0"),
+            doc.to_xml().into_bytes(),
+        );
+        m.content.push("Uri", "/user");
+        m.content.push("Content-Type", "application/user+xml");
+        let mut transport = Headers::new();
+        if let Some(reg) = self.registration() {
+            transport.push("Registration", reg);
+        }
+        expect_ok(
+            self.request("PUT", "MSGR\\PRESENCE", m.to_payload(&transport))
+                .await?,
+        )
+    }
+
+    /// Publishes a status (`NLN`, `AWY`, `BSY`, `HDN`…) and optionally a mood, with this
+    /// endpoint's `<sep>` as real clients send it.
+    pub async fn set_presence(&self, status: &str, mood: Option<&str>) -> anyhow::Result<Frame> {
+        use xml::presence_doc::{EndpointDoc, ServiceDoc, UserDoc};
+        let mut doc = UserDoc::default();
+        let mut im = ServiceDoc::new("IM");
+        im.set_field_text("Status", status);
+        doc.services.push(im);
+        if let Some(mood) = mood {
+            let mut skp = ServiceDoc::new("SKP");
+            skp.set_field_text("Mood", mood);
+            doc.services.push(skp);
+        }
+        let epid = format!("{{{}}}", self.epid.trim_matches(|c| c == '{' || c == '}'));
+        let mut sep = EndpointDoc::new("IM", epid);
+        sep.set_field("Capabilities", "0:4194560");
+        doc.endpoints.push(sep);
+        self.publish(&doc).await
+    }
+
+    /// `PUT MSGR\ACTIVEENDPOINT`: active for `timeout` seconds, idle now with 0 (§4.5).
+    pub async fn set_active(&self, timeout: u64) -> anyhow::Result<Frame> {
+        let body = xml::endpoint::ActiveEndpoint { timeout }.to_xml();
+        expect_ok(
+            self.request("PUT", "MSGR\\ACTIVEENDPOINT", self.payload(body))
+                .await?,
+        )
+    }
+
+    /// `GET MSGR\PRESENCE` for these addresses (`8:bob`…).
+    pub async fn get_presence(
+        &self,
+        contacts: &[&str],
+    ) -> anyhow::Result<xml::presence_query::PresenceResponse> {
+        let q = xml::presence_query::PresenceQuery {
+            contacts: contacts.iter().map(|c| c.to_string()).collect(),
+        };
+        let reply = expect_ok(
+            self.request("GET", "MSGR\\PRESENCE", self.payload(q.to_xml()))
+                .await?,
+        )?;
+        let body = reply.parse_payload()?.body;
+        Ok(xml::presence_query::PresenceResponse::parse(&body)?)
+    }
+
+    /// `GET MSGR\IMONLINE`: this account's online endpoints.
+    pub async fn imonline(&self) -> anyhow::Result<xml::endpoint::ImOnlineResponse> {
+        let reply = expect_ok(
+            self.request("GET", "MSGR\\IMONLINE", self.payload(Vec::new()))
+                .await?,
+        )?;
+        let body = reply.parse_payload()?.body;
+        Ok(xml::endpoint::ImOnlineResponse::parse(&body)?)
+    }
+
     /// The next frame the server sent on its own, or `None` once the connection is closed.
     pub async fn next_event(&mut self) -> Option<Frame> {
         self.events.recv().await
@@ -489,6 +641,147 @@ impl Client {
                 Some(_) => continue,
                 None => bail!("connection closed while waiting"),
             }
+        }
+    }
+}
+
+/// What a frame the server sent on its own means, for programs that watch what arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `NFY MSGR\PUT`: an account's whole presence document.
+    Presence {
+        /// The account, `8:name`.
+        account: String,
+        /// Its aggregate status.
+        status: String,
+        /// Its mood, if any.
+        mood: Option<String>,
+        /// How many endpoints it shows.
+        endpoints: usize,
+    },
+    /// `NFY MSGR\DEL`: the account is offline.
+    Offline {
+        /// The account, `8:name`.
+        account: String,
+    },
+    /// `NFY MSGR\CONTACTS` with pending bits: these accounts ask to add us.
+    ContactRequests {
+        /// Their names.
+        from: Vec<String>,
+    },
+    /// `SDG`: a message.
+    Message {
+        /// Sender address.
+        from: String,
+        /// `Message-Type`.
+        kind: String,
+        /// The body.
+        text: String,
+    },
+    /// `OUT`: the server ends the connection.
+    SignedOut {
+        /// The reason, if given.
+        reason: Option<String>,
+    },
+    /// Anything else.
+    Other(Frame),
+}
+
+impl Event {
+    /// Reads a frame; frames that do not parse as what they claim to be are `Other`.
+    pub fn from_frame(frame: &Frame) -> Event {
+        Self::parse(frame).unwrap_or_else(|| Event::Other(frame.clone()))
+    }
+
+    fn parse(frame: &Frame) -> Option<Event> {
+        let account_of = |m: &FormattedMessage| {
+            msnp24_proto::Mri::parse(m.from()?)
+                .ok()
+                .map(|a| a.without_epid().to_string())
+        };
+        match (frame.cmd.as_str(), frame.target.as_str()) {
+            ("NFY", "MSGR\\PUT") => {
+                let (_, m) = FormattedMessage::parse_payload(&frame.payload).ok()?;
+                let doc = xml::presence_doc::UserDoc::parse(&m.body).ok()?;
+                Some(Event::Presence {
+                    account: account_of(&m)?,
+                    status: doc.status()?.to_string(),
+                    mood: doc.mood(),
+                    endpoints: doc.endpoints.iter().filter(|e| e.name == "IM").count(),
+                })
+            }
+            ("NFY", "MSGR\\DEL") => {
+                let (_, m) = FormattedMessage::parse_payload(&frame.payload).ok()?;
+                Some(Event::Offline {
+                    account: account_of(&m)?,
+                })
+            }
+            ("NFY", "MSGR\\CONTACTS") => {
+                let body = frame.parse_payload().ok()?.body;
+                let ml = xml::contacts::ContactList::parse(&body).ok()?;
+                Some(Event::ContactRequests {
+                    from: ml
+                        .contacts
+                        .into_iter()
+                        .filter(|c| c.bits & 8 != 0)
+                        .map(|c| c.name)
+                        .collect(),
+                })
+            }
+            ("SDG", _) => {
+                let (_, m) = FormattedMessage::parse_payload(&frame.payload).ok()?;
+                Some(Event::Message {
+                    from: m.from()?.to_string(),
+                    kind: m.message_type().unwrap_or("Text").to_string(),
+                    text: m.body_lossy(),
+                })
+            }
+            ("OUT", _) => {
+                let body = frame.parse_payload().ok()?.body;
+                Some(Event::SignedOut {
+                    reason: xml::misc::Out::parse(&body).ok().and_then(|o| o.reason),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Presence {
+                account,
+                status,
+                mood,
+                endpoints,
+            } => {
+                write!(f, "presence {account}: {status}")?;
+                if let Some(m) = mood {
+                    write!(f, " \"{m}\"")?;
+                }
+                write!(f, " ({endpoints} endpoint(s))")
+            }
+            Event::Offline { account } => write!(f, "presence {account}: offline"),
+            Event::ContactRequests { from } => {
+                write!(f, "contact request from {}", from.join(", "))
+            }
+            Event::Message { from, kind, text } => write!(f, "[{kind}] {from}: {text}"),
+            Event::SignedOut { reason } => {
+                write!(
+                    f,
+                    "signed out by the server ({})",
+                    reason.as_deref().unwrap_or("no reason")
+                )
+            }
+            Event::Other(frame) => write!(
+                f,
+                "{} {} {}\n{}",
+                frame.cmd,
+                frame.trid,
+                frame.target,
+                frame.payload_lossy().trim_end()
+            ),
         }
     }
 }

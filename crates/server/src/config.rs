@@ -30,6 +30,9 @@ pub struct Config {
     pub max_payload: usize,
     /// Seconds without any frame after which a connection is closed (§0.9).
     pub idle_timeout_secs: u64,
+    /// Seconds an endpoint whose connection dropped without `OUT` stays present to its contacts
+    /// (a client on a flaky network reconnects within this without flickering offline).
+    pub presence_keepalive_secs: u64,
     /// Lifetime of login tokens, in seconds.
     pub token_ttl_secs: u64,
     /// Lifetime of registration tokens (`Set-Registration`), in seconds.
@@ -107,6 +110,7 @@ impl Default for Config {
             tls_key: None,
             max_payload: 128 * 1024,
             idle_timeout_secs: 180,
+            presence_keepalive_secs: 180,
             token_ttl_secs: 24 * 3600,
             registration_ttl_secs: 24 * 3600,
             outbound_queue: 256,
@@ -127,6 +131,11 @@ impl Config {
     /// The idle timeout as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// How long a dropped endpoint stays present.
+    pub fn presence_keepalive(&self) -> Duration {
+        Duration::from_secs(self.presence_keepalive_secs)
     }
 
     /// Path of the SQLite database inside the data directory.

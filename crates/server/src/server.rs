@@ -98,6 +98,10 @@ impl Server {
             )));
         }
 
+        tasks.push(tokio::spawn(
+            state.presence.clone().run_timers(shutdown_rx.clone()),
+        ));
+
         let http = bind(config.http_listen, "HTTP").await?;
         let http_addr = http.local_addr()?;
         let app =

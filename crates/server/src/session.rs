@@ -64,6 +64,8 @@ pub struct Session {
     pub tx: mpsc::Sender<Outbound>,
     /// This connection's kick switch (handed to the router at BND).
     pub kick: Arc<watch::Sender<Option<KickReason>>>,
+    /// The client sent `OUT`: its endpoint leaves presence at once when the connection ends.
+    pub signed_out: bool,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
     /// The latest `Ack-Id`s handed out, with the stored message each names, so an `ACK` can be
@@ -92,6 +94,7 @@ impl Session {
             phase: Phase::New,
             tx,
             kick,
+            signed_out: false,
             reg_issued_at: 0,
             deliveries: VecDeque::new(),
         }
@@ -225,12 +228,18 @@ impl Session {
         request.reply(&payload)
     }
 
-    /// Unregisters the endpoint when the connection ends.
-    pub async fn closed(&mut self) {
+    /// Unregisters the endpoint when the connection ends. `vanished`: the peer went away without
+    /// `OUT` (end of stream or a socket error), so its presence stays for the keep-alive time.
+    pub async fn closed(&mut self, vanished: bool) {
         if let Some(bound) = self.bound() {
             let addr = bound.addr();
             self.state.router.unbind(&addr, self.conn_id).await;
-            tracing::info!(conn = self.conn_id, account = %addr.account, epid = %addr.epid, "endpoint unbound");
+            let linger = vanished && !self.signed_out;
+            self.state
+                .presence
+                .closed(&addr.account, &addr.epid, self.conn_id, linger)
+                .await;
+            tracing::info!(conn = self.conn_id, account = %addr.account, epid = %addr.epid, linger, "endpoint unbound");
         }
     }
 }

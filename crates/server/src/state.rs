@@ -7,6 +7,7 @@ use msnp24_proto::Limits;
 
 use crate::accounts::LoginThrottle;
 use crate::config::Config;
+use crate::presence::PresenceService;
 use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
 use crate::storage::Account;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub tokens: TokenSigner,
     /// Failed-login throttle.
     pub throttle: LoginThrottle,
+    /// Who is online, with which documents.
+    pub presence: Arc<PresenceService>,
     /// Per-account `SDG` rate.
     pub send_limiter: SendLimiter,
     next_conn: AtomicU64,
@@ -53,6 +56,11 @@ impl AppState {
         tokens: TokenSigner,
     ) -> AppState {
         let throttle = LoginThrottle::new(config.login_throttle.clone());
+        let presence = Arc::new(PresenceService::new(
+            storage.clone(),
+            router.clone(),
+            config.presence_keepalive(),
+        ));
         let send_limiter = SendLimiter::new(config.send_rate.clone());
         AppState {
             config,
@@ -60,6 +68,7 @@ impl AppState {
             router,
             tokens,
             throttle,
+            presence,
             send_limiter,
             next_conn: AtomicU64::new(1),
         }

@@ -348,3 +348,31 @@ async fn an_sdg_over_the_payload_limit_gets_603_and_a_close() {
     assert_eq!(stored(&t, "8:alice", "8:bob").await, 1);
     assert_conformant(&a);
 }
+
+#[tokio::test]
+async fn messages_between_blocked_accounts_are_answered_but_neither_stored_nor_delivered() {
+    let t = TestServer::start().await;
+    t.add_user("alice").await;
+    t.add_user("bob").await;
+    let a = t.signed_in("alice").await;
+    let mut b = t.signed_in("bob").await;
+    // Bob blocks alice: her message is answered as usual (blocking is not revealed)…
+    expect_ok(b.block_contact("alice").await.unwrap()).unwrap();
+    let r = expect_ok(a.send_text("8:bob", "can you hear me").await.unwrap()).unwrap();
+    assert!(message_id(&r) > 0);
+    // …and reaches nobody, now or by sync: the next thing bob sees from alice is after unblocking.
+    expect_ok(
+        b.send_text("8:alice", "bob to alice, also blocked")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    expect_ok(b.unblock_contact("alice").await.unwrap()).unwrap();
+    expect_ok(a.send_text("8:bob", "after unblock").await.unwrap()).unwrap();
+    assert_eq!(next_message(&mut b).await.1.body, b"after unblock");
+    let history = b.history("8:alice", None, 50).await.unwrap();
+    assert_eq!(history.len(), 1, "only the unblocked message is in history");
+    assert_eq!(stored(&t, "8:alice", "8:bob").await, 1);
+    assert_conformant(&a);
+    assert_conformant(&b);
+}

@@ -40,9 +40,14 @@ pub async fn bnd(
             client_name: client.name,
             client_ver: client.ver,
             messaging: false,
+            presence: false,
         },
     };
     let bound = Bound { account, epid, ver };
+    // Before the router knows the endpoint, so its presence entry exists when notifications start.
+    s.state
+        .presence
+        .bound(&bound.account, &bound.epid, s.conn_id);
     if let Some(old) = s.state.router.bind(bound.addr(), handle).await {
         tracing::info!(
             conn = s.conn_id,

@@ -386,7 +386,7 @@ pub async fn put(
             DeliveryFilter {
                 except: Some(b.epid.clone()),
                 messaging_only: true,
-                threads_only: false,
+                ..DeliveryFilter::default()
             },
             Outbound::Frame(nfy),
         )

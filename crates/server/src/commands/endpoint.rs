@@ -20,13 +20,15 @@ pub fn png(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcome {
     Ok(Flow::Continue)
 }
 
-/// `OUT`: the client signs this endpoint out; the connection closes after flushing.
-pub fn out() -> Flow {
+/// `OUT`: the client signs this endpoint out; the connection closes after flushing, and the
+/// endpoint leaves presence at once.
+pub fn out(s: &mut Session) -> Flow {
+    s.signed_out = true;
     Flow::Close
 }
 
-/// Acknowledges the idle timer (the presence effects live with presence).
-pub fn active_endpoint(
+/// Records the idle timer (§4.5) with the presence service.
+pub async fn active_endpoint(
     s: &mut Session,
     frame: &Frame,
     payload: &Payload,
@@ -34,6 +36,12 @@ pub fn active_endpoint(
 ) -> Outcome {
     let active = ActiveEndpoint::parse(&payload.body).map_err(bad_xml)?;
     tracing::debug!(conn = s.conn_id, timeout = active.timeout, "ACTIVEENDPOINT");
+    if let Some(b) = s.bound().cloned() {
+        s.state
+            .presence
+            .active(&b.account, &b.epid, active.timeout)
+            .await;
+    }
     out.push(s.reply(frame, Vec::new(), false));
     Ok(Flow::Continue)
 }

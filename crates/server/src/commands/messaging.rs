@@ -143,6 +143,21 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
         }
     }
 
+    // Blocking is silent (§5): the sender gets the normal reply, and nothing is stored (the
+    // shared history would show it to the recipient) or delivered to anyone.
+    if recipient != bound.account
+        && s.state
+            .storage
+            .is_blocked(&bound.account, &recipient)
+            .await
+            .map_err(internal)?
+    {
+        tracing::debug!(conn = s.conn_id, to = %to_text, "SDG between blocked accounts dropped");
+        let reply = s.reply(frame, Vec::new(), false);
+        out.push(with_message_id(reply, arrival_ms));
+        return Ok(Flow::Continue);
+    }
+
     let is_control = message_type.starts_with("Control/");
     let conversation = conversation_key(&sender_mri.to_string(), &to_text);
     let mut participants = vec![Participant {
@@ -209,7 +224,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             DeliveryFilter {
                 except: Some(bound.epid.clone()),
                 messaging_only: true,
-                threads_only: false,
+                ..DeliveryFilter::default()
             },
             Outbound::Message(delivery.clone()),
         )

@@ -8,9 +8,11 @@ use crate::session::Session;
 pub mod auth;
 pub mod bind;
 pub mod connect;
+pub mod contacts;
 pub mod conversations;
 pub mod endpoint;
 pub mod messaging;
+pub mod presence;
 pub mod subscriptions;
 
 /// A request refused with an error frame.
@@ -87,9 +89,18 @@ pub async fn dispatch(
         ("ATH", "CON\\USER") => auth::ath(s, frame, payload, out).await,
         ("BND", "CON\\MSGR") => bind::bnd(s, frame, payload, out).await,
         ("PNG", "CON") => endpoint::png(s, frame, out),
-        ("OUT", "CON") => Ok(endpoint::out()),
-        ("PUT", "MSGR\\ACTIVEENDPOINT") => endpoint::active_endpoint(s, frame, payload, out),
+        ("OUT", "CON") => Ok(endpoint::out(s)),
+        ("PUT", "MSGR\\ACTIVEENDPOINT") => endpoint::active_endpoint(s, frame, payload, out).await,
         ("PUT", "MSGR\\SUBSCRIPTIONS") => subscriptions::put(s, frame, payload, out).await,
+        ("PUT", "MSGR\\CONTACTS") => {
+            contacts::change(s, frame, payload, out, crate::contacts::ListOp::Put).await
+        }
+        ("DEL", "MSGR\\CONTACTS") => {
+            contacts::change(s, frame, payload, out, crate::contacts::ListOp::Del).await
+        }
+        ("PUT", "MSGR\\PRESENCE") => presence::put(s, frame, payload, out).await,
+        ("GET", "MSGR\\PRESENCE") => presence::get(s, frame, payload, out).await,
+        ("GET", "MSGR\\IMONLINE") => presence::imonline(s, frame, out).await,
         ("SDG", "MSGR") => messaging::sdg(s, frame, out).await,
         ("ACK", "MSGR") => messaging::ack(s, frame, payload, out).await,
         ("GET", "MSGR\\RECENTCONVERSATIONS") => conversations::recent(s, frame, payload, out).await,

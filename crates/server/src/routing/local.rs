@@ -26,6 +26,16 @@ impl LocalRouter {
         // Nothing panics while holding this lock; recover rather than poison every connection.
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn update(&self, addr: &EndpointAddr, conn_id: u64, change: impl FnOnce(&mut EndpointInfo)) {
+        let mut map = self.map();
+        if let Some(h) = map.get_mut(&addr.account).and_then(|l| {
+            l.iter_mut()
+                .find(|h| h.conn_id == conn_id && h.info.epid == addr.epid)
+        }) {
+            change(&mut h.info);
+        }
+    }
 }
 
 #[async_trait]
@@ -52,13 +62,11 @@ impl Router for LocalRouter {
     }
 
     async fn set_messaging(&self, addr: &EndpointAddr, conn_id: u64) {
-        let mut map = self.map();
-        if let Some(h) = map.get_mut(&addr.account).and_then(|l| {
-            l.iter_mut()
-                .find(|h| h.conn_id == conn_id && h.info.epid == addr.epid)
-        }) {
-            h.info.messaging = true;
-        }
+        self.update(addr, conn_id, |info| info.messaging = true);
+    }
+
+    async fn set_presence(&self, addr: &EndpointAddr, conn_id: u64) {
+        self.update(addr, conn_id, |info| info.presence = true);
     }
 
     async fn endpoints(&self, account: &AccountName) -> Vec<EndpointInfo> {

@@ -33,6 +33,8 @@ pub struct EndpointInfo {
     pub client_ver: String,
     /// Has subscribed to live messages.
     pub messaging: bool,
+    /// Has subscribed to its contacts' presence.
+    pub presence: bool,
 }
 
 /// Why the server ends a connection on its own.
@@ -122,6 +124,8 @@ pub trait Router: Send + Sync + 'static {
     async fn unbind(&self, addr: &EndpointAddr, conn_id: u64);
     /// Marks an endpoint as subscribed to live messages.
     async fn set_messaging(&self, addr: &EndpointAddr, conn_id: u64);
+    /// Marks an endpoint as subscribed to presence notifications.
+    async fn set_presence(&self, addr: &EndpointAddr, conn_id: u64);
     /// The account's bound endpoints.
     async fn endpoints(&self, account: &AccountName) -> Vec<EndpointInfo>;
     /// Queues `item` for each endpoint of `account` that passes `filter`; returns how many took it.
@@ -140,6 +144,8 @@ pub struct DeliveryFilter {
     pub messaging_only: bool,
     /// Only endpoints bound with `<ver>` 2 or more (thread traffic).
     pub threads_only: bool,
+    /// Only endpoints subscribed to presence.
+    pub presence_only: bool,
 }
 
 impl DeliveryFilter {
@@ -148,5 +154,6 @@ impl DeliveryFilter {
         self.except.as_ref() != Some(&info.epid)
             && (!self.messaging_only || info.messaging)
             && (!self.threads_only || info.ver >= 2)
+            && (!self.presence_only || info.presence)
     }
 }

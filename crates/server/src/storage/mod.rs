@@ -110,6 +110,54 @@ pub struct StoredMessage {
     pub duplicate: bool,
 }
 
+/// The list bits of a contact-list row (§4.1). One place for these numbers: the wire, the domain
+/// and the SQL all use these.
+pub mod list_bits {
+    /// I watch them (their presence reaches me).
+    pub const FORWARD: u32 = 1;
+    /// They may see me and write to me.
+    pub const ALLOW: u32 = 2;
+    /// Nothing flows either way.
+    pub const BLOCK: u32 = 4;
+    /// They asked to add me and I have not answered.
+    pub const PENDING: u32 = 8;
+    /// Every bit that exists.
+    pub const ALL: u32 = FORWARD | ALLOW | BLOCK | PENDING;
+}
+
+/// One row of an account's contact list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// The contact's account.
+    pub name: AccountName,
+    /// The owner's bits for it ([`list_bits`]).
+    pub bits: u32,
+}
+
+/// The two rows between an owner and one other account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRelation {
+    /// The other account.
+    pub name: AccountName,
+    /// The owner's bits for it (0 when it is not in the owner's list).
+    pub mine: u32,
+    /// Its bits for the owner (0 when the owner is not in its list).
+    pub theirs: u32,
+}
+
+/// An atomic change to one row: `bits = (bits | set) & !clear`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactUpdate {
+    /// The list's owner.
+    pub owner: AccountName,
+    /// The contact the row is about.
+    pub contact: AccountName,
+    /// Bits to set.
+    pub set: u32,
+    /// Bits to clear (applied after `set`).
+    pub clear: u32,
+}
+
 /// One account's view of a conversation: what sync lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
@@ -197,6 +245,24 @@ pub trait Storage: Send + Sync + 'static {
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage>;
     /// Messages of a conversation, oldest first (for tests and tools).
     async fn conversation_messages(&self, conversation: &str) -> StorageResult<Vec<StoredMessage>>;
+    /// An account's contact list, by contact name.
+    async fn contacts(&self, owner: &AccountName) -> StorageResult<Vec<Contact>>;
+    /// The rows between `owner` and each of `others` that is an account; other names are left
+    /// out, so this also tells which names exist.
+    async fn contact_relations(
+        &self,
+        owner: &AccountName,
+        others: &[AccountName],
+    ) -> StorageResult<Vec<ContactRelation>>;
+    /// Applies every update in one transaction; returns each row's bits before and after, in order.
+    async fn update_contacts(&self, updates: &[ContactUpdate]) -> StorageResult<Vec<(u32, u32)>>;
+    /// Accounts that may see `account`'s presence: they forward it, it allows them, and neither
+    /// blocks the other.
+    async fn presence_watchers(&self, account: &AccountName) -> StorageResult<Vec<AccountName>>;
+    /// Accounts whose presence `account` may see (the other direction of [`Storage::presence_watchers`]).
+    async fn presence_visible(&self, account: &AccountName) -> StorageResult<Vec<AccountName>>;
+    /// Whether either account blocks the other (messaging uses this to drop messages silently).
+    async fn is_blocked(&self, a: &AccountName, b: &AccountName) -> StorageResult<bool>;
     /// Records an endpoint's acknowledgement.
     async fn record_ack(&self, ack: AckRecord) -> StorageResult<()>;
     /// The account's conversations changed at or after `start_ms`, most recent first (by version,

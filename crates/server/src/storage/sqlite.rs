@@ -14,8 +14,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Account, AckRecord, ConversationSummary, NewMessage, ProfileUpdate, RecentPosition, Storage,
-    StorageError, StorageResult, StoredMessage,
+    list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
+    NewMessage, ProfileUpdate, RecentPosition, Storage, StorageError, StorageResult, StoredMessage,
 };
 
 /// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are
@@ -427,6 +427,28 @@ fn message_from_row(row: &SqliteRow) -> StorageResult<StoredMessage> {
     })
 }
 
+fn stored_name(name: &str) -> StorageResult<AccountName> {
+    AccountName::parse(name)
+        .map_err(|e| StorageError::Corrupt(format!("account name {name:?}: {e}")))
+}
+
+fn stored_bits(bits: i64) -> StorageResult<u32> {
+    u32::try_from(bits)
+        .ok()
+        .filter(|b| b & !list_bits::ALL == 0)
+        .ok_or_else(|| StorageError::Corrupt(format!("contact bits {bits}")))
+}
+
+fn names_from_rows(rows: &[sqlx::sqlite::SqliteRow]) -> StorageResult<Vec<AccountName>> {
+    rows.iter()
+        .map(|r| stored_name(&r.try_get::<String, _>(0)?))
+        .collect()
+}
+
+/// Rows `w` (watcher → target) and `t` (target → watcher) that let presence flow from target to watcher.
+const PRESENCE_FLOWS: &str =
+    "(w.bits & ?1) != 0 AND (t.bits & ?2) != 0 AND (w.bits & ?3) = 0 AND (t.bits & ?3) = 0";
+
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn create_account(
@@ -556,6 +578,136 @@ impl Storage for SqliteStorage {
         rows.iter().map(message_from_row).collect()
     }
 
+    async fn contacts(&self, owner: &AccountName) -> StorageResult<Vec<Contact>> {
+        let rows =
+            sqlx::query("SELECT contact, bits FROM contacts WHERE owner = ? ORDER BY contact")
+                .bind(owner.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Contact {
+                    name: stored_name(&r.try_get::<String, _>(0)?)?,
+                    bits: stored_bits(r.try_get(1)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn contact_relations(
+        &self,
+        owner: &AccountName,
+        others: &[AccountName],
+    ) -> StorageResult<Vec<ContactRelation>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut out = Vec::with_capacity(others.len());
+        for other in others {
+            let row = sqlx::query(
+                "SELECT (SELECT bits FROM contacts WHERE owner = ?1 AND contact = a.name), \
+                        (SELECT bits FROM contacts WHERE owner = a.name AND contact = ?1) \
+                 FROM accounts a WHERE a.name = ?2",
+            )
+            .bind(owner.as_str())
+            .bind(other.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                out.push(ContactRelation {
+                    name: other.clone(),
+                    mine: stored_bits(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))?,
+                    theirs: stored_bits(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update_contacts(&self, updates: &[ContactUpdate]) -> StorageResult<Vec<(u32, u32)>> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // IMMEDIATE: the rows are read then written, and a deferred transaction could fail on
+        // the lock upgrade while the message writer commits.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(updates.len());
+        for u in updates {
+            let old: Option<i64> =
+                sqlx::query_scalar("SELECT bits FROM contacts WHERE owner = ? AND contact = ?")
+                    .bind(u.owner.as_str())
+                    .bind(u.contact.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let old = stored_bits(old.unwrap_or(0))?;
+            let new = (old | u.set) & !u.clear & list_bits::ALL;
+            if new == old {
+                out.push((old, new));
+                continue;
+            }
+            if new == 0 {
+                sqlx::query("DELETE FROM contacts WHERE owner = ? AND contact = ?")
+                    .bind(u.owner.as_str())
+                    .bind(u.contact.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO contacts (owner, contact, bits, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (owner, contact) DO UPDATE SET bits = ?3, updated_at = ?4",
+                )
+                .bind(u.owner.as_str())
+                .bind(u.contact.as_str())
+                .bind(i64::from(new))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            out.push((old, new));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn presence_watchers(&self, account: &AccountName) -> StorageResult<Vec<AccountName>> {
+        let sql = format!(
+            "SELECT w.owner FROM contacts w JOIN contacts t ON t.owner = w.contact AND t.contact = w.owner \
+             WHERE w.contact = ?4 AND {PRESENCE_FLOWS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(list_bits::FORWARD)
+            .bind(list_bits::ALLOW)
+            .bind(list_bits::BLOCK)
+            .bind(account.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        names_from_rows(&rows)
+    }
+
+    async fn presence_visible(&self, account: &AccountName) -> StorageResult<Vec<AccountName>> {
+        let sql = format!(
+            "SELECT w.contact FROM contacts w JOIN contacts t ON t.owner = w.contact AND t.contact = w.owner \
+             WHERE w.owner = ?4 AND {PRESENCE_FLOWS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(list_bits::FORWARD)
+            .bind(list_bits::ALLOW)
+            .bind(list_bits::BLOCK)
+            .bind(account.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        names_from_rows(&rows)
+    }
+
+    async fn is_blocked(&self, a: &AccountName, b: &AccountName) -> StorageResult<bool> {
+        let blocked: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM contacts WHERE ((owner = ?1 AND contact = ?2) OR (owner = ?2 AND contact = ?1)) \
+             AND (bits & ?3) != 0 LIMIT 1",
+        )
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .bind(list_bits::BLOCK)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(blocked.is_some())
+    }
+
     async fn record_ack(&self, ack: AckRecord) -> StorageResult<()> {
         let (tx, rx) = oneshot::channel();
         self.submit(Write::Ack(ack, tx)).await?;
@@ -663,5 +815,71 @@ impl Storage for SqliteStorage {
         self.conversation(account, id)
             .await?
             .ok_or_else(|| StorageError::Corrupt(format!("conversation {id} vanished")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn storage_with(names: &[&str]) -> (tempfile::TempDir, SqliteStorage, Vec<AccountName>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(&dir.path().join("db.sqlite3"))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for n in names {
+            let name = AccountName::parse(n).unwrap();
+            s.create_account(&name, "x", "y").await.unwrap();
+            out.push(name);
+        }
+        (dir, s, out)
+    }
+
+    fn update(owner: &AccountName, contact: &AccountName, set: u32, clear: u32) -> ContactUpdate {
+        ContactUpdate {
+            owner: owner.clone(),
+            contact: contact.clone(),
+            set,
+            clear,
+        }
+    }
+
+    #[tokio::test]
+    async fn contact_rows_flow_and_block() {
+        let (_dir, s, n) = storage_with(&["alice", "bob", "carol"]).await;
+        let (a, b, c) = (&n[0], &n[1], &n[2]);
+        let changes = s
+            .update_contacts(&[update(a, b, 3, 0), update(b, a, 2, 0), update(a, c, 1, 0)])
+            .await
+            .unwrap();
+        assert_eq!(changes, [(0, 3), (0, 2), (0, 1)]);
+        assert_eq!(s.presence_watchers(b).await.unwrap(), vec![a.clone()]);
+        assert_eq!(s.presence_visible(a).await.unwrap(), vec![b.clone()]);
+        assert!(s.presence_watchers(a).await.unwrap().is_empty());
+        let rel = s
+            .contact_relations(
+                a,
+                &[b.clone(), AccountName::parse("nobody").unwrap(), c.clone()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rel.len(), 2);
+        assert_eq!((rel[0].mine, rel[0].theirs), (3, 2));
+        assert_eq!((rel[1].mine, rel[1].theirs), (1, 0));
+
+        assert!(!s.is_blocked(a, b).await.unwrap());
+        s.update_contacts(&[update(b, a, 4, 0)]).await.unwrap();
+        assert!(s.is_blocked(a, b).await.unwrap() && s.is_blocked(b, a).await.unwrap());
+        assert!(s.presence_watchers(b).await.unwrap().is_empty());
+
+        // Clearing every bit deletes the row; removing an account removes its rows both ways.
+        assert_eq!(
+            s.update_contacts(&[update(a, c, 0, 15)]).await.unwrap(),
+            [(1, 0)]
+        );
+        assert_eq!(s.contacts(a).await.unwrap().len(), 1);
+        s.remove_account(b).await.unwrap();
+        assert!(s.contacts(a).await.unwrap().is_empty());
     }
 }

@@ -133,6 +133,8 @@ pub async fn serve_connection<S>(
     let mut deadline = Instant::now() + idle;
     let mut replies: Vec<Frame> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::new();
+    // The peer went away without a word (end of stream, socket error): its presence lingers.
+    let mut vanished = false;
 
     let end: Option<KickReason> = 'conn: loop {
         tokio::select! {
@@ -146,15 +148,20 @@ pub async fn serve_connection<S>(
                     encode_outbound(&item, &mut session, &mut wbuf);
                 }
                 if write_all(&mut wr, &wbuf).await.is_err() {
+                    vanished = true;
                     break 'conn None;
                 }
             }
             read = rd.read_buf(&mut buf) => {
                 match read {
-                    Ok(0) => break 'conn None,
+                    Ok(0) => {
+                        vanished = true;
+                        break 'conn None;
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(conn, error = %e, "read failed");
+                        vanished = true;
                         break 'conn None;
                     }
                 }
@@ -197,7 +204,11 @@ pub async fn serve_connection<S>(
                         encode_outbound(&item, &mut session, &mut wbuf);
                     }
                 }
-                if write_all(&mut wr, &wbuf).await.is_err() || close {
+                if write_all(&mut wr, &wbuf).await.is_err() {
+                    vanished = true;
+                    break 'conn None;
+                }
+                if close {
                     break 'conn None;
                 }
             }
@@ -210,7 +221,7 @@ pub async fn serve_connection<S>(
         }
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wr.shutdown()).await;
-    session.closed().await;
+    session.closed(vanished).await;
     tracing::info!(conn, %peer, "connection closed");
 }
 
