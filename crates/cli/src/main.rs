@@ -32,6 +32,25 @@ enum Command {
     },
     /// Log in to a server, optionally send a message, and print what arrives.
     Client(ClientArgs),
+    /// Inspect what clients stored: spam reports and endpoint settings.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// List spam reports (PUT MSGR\REPORTSPAM), oldest first.
+    Reports {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List what endpoints stored with PUT MSGR\PARTNERS, \OPTIONS and \NETWORKS.
+    Settings {
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Args)]
@@ -158,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
             init_logging("warn");
             client(args).await
         }
+        Command::Admin { command } => {
+            init_logging("warn");
+            admin(command).await
+        }
     }
 }
 
@@ -279,6 +302,49 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                 bail!("no account named {name}");
             }
             println!("removed {name}");
+            storage.close().await;
+        }
+    }
+    Ok(())
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    use msnp24_server::commands::messaging::iso_time;
+    use msnp24_server::storage::SettingScope;
+    match command {
+        AdminCommand::Reports { dir } => {
+            let storage = open(&dir).await?;
+            let reports = storage.spam_reports().await?;
+            for r in &reports {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    iso_time(r.reported_at.saturating_mul(1000)),
+                    r.reporter,
+                    r.reporter_epid,
+                    r.reported
+                );
+            }
+            eprintln!("{} report(s)", reports.len());
+            storage.close().await;
+        }
+        AdminCommand::Settings { dir } => {
+            let storage = open(&dir).await?;
+            let settings = storage.settings().await?;
+            for s in &settings {
+                let scope = match &s.scope {
+                    SettingScope::Endpoint(epid) => epid.as_str(),
+                    SettingScope::Account => "(account)",
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    iso_time(s.updated_at.saturating_mul(1000)),
+                    s.account,
+                    scope,
+                    s.kind,
+                    s.value
+                );
+            }
+            eprintln!("{} setting(s)", settings.len());
             storage.close().await;
         }
     }

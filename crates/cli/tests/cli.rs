@@ -223,3 +223,56 @@ fn two_clients_exchange_a_message_through_serve() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+#[test]
+fn admin_lists_spam_reports_and_settings() {
+    use msnp24_server::storage::{Setting, SettingScope, SpamReport, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["admin", "reports", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 report(s)"));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = msnp24_server::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let storage = msnp24_server::open_storage(&config).await.unwrap();
+        storage
+            .add_spam_reports(&[SpamReport {
+                reporter: "8:alice".into(),
+                reporter_epid: "{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}".into(),
+                reported: "8:spammer".into(),
+                reported_at: 1_430_577_279,
+            }])
+            .await
+            .unwrap();
+        storage
+            .put_setting(Setting {
+                account: "8:alice".into(),
+                scope: SettingScope::Endpoint("{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}".into()),
+                kind: "options".into(),
+                value: "<options><pwrmode>1</pwrmode></options>".into(),
+                updated_at: 1_430_577_279,
+            })
+            .await
+            .unwrap();
+        storage.close().await;
+    });
+
+    let out = run(&["admin", "reports", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2015-05-02T14:34:39.000Z\t8:alice\t{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}\t8:spammer\n"
+    );
+    let out = run(&["admin", "settings", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2015-05-02T14:34:39.000Z\t8:alice\t{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}\toptions\t<options><pwrmode>1</pwrmode></options>\n"
+    );
+}

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod routing;
 pub mod server;
 pub mod session;

@@ -63,6 +63,9 @@ pub struct Session {
     pub tx: mpsc::Sender<Outbound>,
     /// This connection's kick switch (handed to the router at BND).
     pub kick: Arc<watch::Sender<Option<KickReason>>>,
+    /// The BND challenge nonce this endpoint has yet to answer (§2.4); `None` when challenges are
+    /// off or it already answered.
+    pub challenge_nonce: Option<String>,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
 }
@@ -85,6 +88,7 @@ impl Session {
             phase: Phase::New,
             tx,
             kick,
+            challenge_nonce: None,
             reg_issued_at: 0,
         }
     }
@@ -153,6 +157,15 @@ impl Session {
                 } else {
                     "not authenticated"
                 },
+            ));
+        }
+        if self.challenge_nonce.is_some()
+            && frame.target_head() == "MSGR"
+            && !(frame.cmd == "PUT" && frame.target_tail() == "CHALLENGE")
+        {
+            return Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                "the BND challenge has not been answered",
             ));
         }
         if let (Some(bound), Some(token)) = (self.bound(), payload.headers.get("Registration")) {

@@ -7,6 +7,7 @@ use msnp24_proto::Limits;
 
 use crate::accounts::LoginThrottle;
 use crate::config::Config;
+use crate::limits::ConnectionLimiter;
 use crate::routing::Router;
 use crate::storage::Storage;
 use crate::tokens::TokenSigner;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub tokens: TokenSigner,
     /// Failed-login throttle.
     pub throttle: LoginThrottle,
+    /// Open connections per client address.
+    pub connections: ConnectionLimiter,
     next_conn: AtomicU64,
 }
 
@@ -35,7 +38,9 @@ impl AppState {
         tokens: TokenSigner,
     ) -> AppState {
         let throttle = LoginThrottle::new(config.login_throttle.clone());
+        let connections = ConnectionLimiter::new(config.max_connections_per_ip);
         AppState {
+            connections,
             config,
             storage,
             router,

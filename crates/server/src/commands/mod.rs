@@ -7,9 +7,11 @@ use crate::session::Session;
 
 pub mod auth;
 pub mod bind;
+pub mod challenge;
 pub mod connect;
 pub mod endpoint;
 pub mod messaging;
+pub mod misc;
 pub mod subscriptions;
 
 /// A request refused with an error frame.
@@ -91,6 +93,11 @@ pub async fn dispatch(
         ("PUT", "MSGR\\SUBSCRIPTIONS") => subscriptions::put(s, frame, payload, out).await,
         ("SDG", "MSGR") => messaging::sdg(s, frame, out).await,
         ("ACK", "MSGR") => messaging::ack(s, frame, payload, out),
+        ("PUT", "MSGR\\CHALLENGE") => challenge::put(s, frame, payload, out),
+        ("PUT", "MSGR\\PARTNERS") => misc::partners(s, frame, payload, out).await,
+        ("PUT", "MSGR\\OPTIONS") => misc::options(s, frame, payload, out).await,
+        ("PUT", "MSGR\\NETWORKS") => misc::networks(s, frame, payload, out).await,
+        ("PUT", "MSGR\\REPORTSPAM") => misc::report_spam(s, frame, payload, out).await,
         _ => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             format!("unknown command {} {}", frame.cmd, frame.target),
