@@ -157,7 +157,10 @@ impl Storage for SqliteStorage {
     }
 
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock before the first read: a deferred transaction that read
+        // and then wrote failed with SQLITE_BUSY_SNAPSHOT (code 517, not retried by busy_timeout)
+        // whenever two endpoints sent at once, and the sender got a 500.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(cmid) = &message.client_message_id {
             let existing = sqlx::query(
                 "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
@@ -268,7 +271,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn add_spam_reports(&self, reports: &[SpamReport]) -> StorageResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for r in reports {
             sqlx::query(
                 "INSERT INTO spam_reports (reporter, reporter_epid, reported, reported_at) VALUES (?, ?, ?, ?)",
