@@ -106,8 +106,8 @@ impl Default for Config {
             outbound_queue: 256,
             login_throttle: ThrottleConfig::default(),
             max_connections_per_ip: 64,
-            frames_per_sec: 50,
-            frame_burst: 400,
+            frames_per_sec: 100,
+            frame_burst: 1000,
             challenges: ChallengeConfig::default(),
         }
     }
