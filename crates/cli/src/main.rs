@@ -43,6 +43,25 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Inspect what clients stored: spam reports and endpoint settings.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// List spam reports (PUT MSGR\REPORTSPAM), oldest first.
+    Reports {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List what endpoints stored with PUT MSGR\PARTNERS, \OPTIONS and \NETWORKS.
+    Settings {
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Subcommand)]
@@ -272,6 +291,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Cert { command } => {
             init_logging("warn");
             cert(command).await
+        }
+        Command::Admin { command } => {
+            init_logging("warn");
+            admin(command).await
         }
     }
 }
@@ -573,6 +596,49 @@ async fn client_actions(client: &msnp24_client::Client, args: &ClientArgs) -> an
         let status = args.status.as_deref().unwrap_or("NLN").to_ascii_uppercase();
         client.set_presence(&status, args.mood.as_deref()).await?;
         println!("presence: {status}");
+    }
+    Ok(())
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    use msnp24_server::commands::messaging::iso_time;
+    use msnp24_server::storage::SettingScope;
+    match command {
+        AdminCommand::Reports { dir } => {
+            let storage = open(&dir).await?;
+            let reports = storage.spam_reports().await?;
+            for r in &reports {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    iso_time(r.reported_at.saturating_mul(1000)),
+                    r.reporter,
+                    r.reporter_epid,
+                    r.reported
+                );
+            }
+            eprintln!("{} report(s)", reports.len());
+            storage.close().await;
+        }
+        AdminCommand::Settings { dir } => {
+            let storage = open(&dir).await?;
+            let settings = storage.settings().await?;
+            for s in &settings {
+                let scope = match &s.scope {
+                    SettingScope::Endpoint(epid) => epid.as_str(),
+                    SettingScope::Account => "(account)",
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    iso_time(s.updated_at.saturating_mul(1000)),
+                    s.account,
+                    scope,
+                    s.kind,
+                    s.value
+                );
+            }
+            eprintln!("{} setting(s)", settings.len());
+            storage.close().await;
+        }
     }
     Ok(())
 }

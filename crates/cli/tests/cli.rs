@@ -32,9 +32,15 @@ impl Drop for Serve {
 }
 
 fn serve(dir: &Path) -> (Serve, u16, u16) {
+    serve_with(dir, &[])
+}
+
+fn serve_with(dir: &Path, extra: &[&str]) -> (Serve, u16, u16) {
     let (msnp, tls, http, https) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir"])
+        .arg("serve")
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{msnp}")])
         .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
@@ -461,4 +467,180 @@ fn contacts_through_the_client_and_user_contacts() {
     assert!(!run(&["user", "contacts", "nobody", "--data-dir", d])
         .status
         .success());
+}
+
+#[test]
+fn admin_lists_spam_reports_and_settings() {
+    use msnp24_server::storage::{Setting, SettingScope, SpamReport, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["admin", "reports", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 report(s)"));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = msnp24_server::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let storage = msnp24_server::open_storage(&config).await.unwrap();
+        storage
+            .add_spam_reports(&[SpamReport {
+                reporter: "8:alice".into(),
+                reporter_epid: "{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}".into(),
+                reported: "8:spammer".into(),
+                reported_at: 1_430_577_279,
+            }])
+            .await
+            .unwrap();
+        storage
+            .put_setting(Setting {
+                account: "8:alice".into(),
+                scope: SettingScope::Endpoint("{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}".into()),
+                kind: "options".into(),
+                value: "<options><pwrmode>1</pwrmode></options>".into(),
+                updated_at: 1_430_577_279,
+            })
+            .await
+            .unwrap();
+        storage.close().await;
+    });
+
+    let out = run(&["admin", "reports", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2015-05-02T14:34:39.000Z\t8:alice\t{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}\t8:spammer\n"
+    );
+    let out = run(&["admin", "settings", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2015-05-02T14:34:39.000Z\t8:alice\t{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}\toptions\t<options><pwrmode>1</pwrmode></options>\n"
+    );
+}
+
+#[test]
+fn sigterm_during_traffic_loses_no_acknowledged_message() {
+    use msnp24_server::storage::{conversation_key, SqliteStorage, Storage};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const SENDERS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for name in ["alice", "bob"] {
+        let out = run(&[
+            "user",
+            "add",
+            name,
+            "--password",
+            "secret1",
+            "--data-dir",
+            d,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Senders go as fast as the server answers, far above the per-connection frame limit that
+    // protects against floods; this test is about shutdown, so the limit is off.
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "frames_per_sec = 0\n").unwrap();
+    let (mut server, msnp, http) = serve_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    let pid = server.0.id().to_string();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{msnp}").parse().unwrap();
+    let http = format!("http://127.0.0.1:{http}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (acked, told_out) = rt.block_on(async {
+        let login = |name: &'static str| {
+            let http = http.clone();
+            async move {
+                let token = msnp24_client::http_login(&http, name, "secret1")
+                    .await
+                    .unwrap();
+                let mut c = msnp24_client::Client::connect_tcp(addr).await.unwrap();
+                c.login(name, &token.token, &msnp24_client::new_epid())
+                    .await
+                    .unwrap();
+                c
+            }
+        };
+        let _bob = login("bob").await;
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut senders = Vec::new();
+        for _ in 0..SENDERS {
+            senders.push(login("alice").await);
+        }
+        let mut tasks = Vec::new();
+        for (k, mut c) in senders.into_iter().enumerate() {
+            let count = count.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                // Bounded: the server stops long before this many.
+                for i in 0..20_000 {
+                    let text = format!("m{k}-{i}");
+                    match c.send_text("8:bob", &text).await {
+                        Ok(reply) if reply.error_code().is_none() => {
+                            acked.push(text);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // An error reply or a closed connection: not acknowledged, so it may
+                        // or may not have been stored.
+                        Ok(_) | Err(_) => break,
+                    }
+                }
+                // Everything the server sent until it closed the connection (the bound only
+                // guards against a server that never closes).
+                let mut told_out = false;
+                while let Ok(Some(f)) = c.next_event_timeout(Duration::from_secs(60)).await {
+                    told_out |= f.cmd == "OUT" && f.payload_lossy().contains("ServerShutdown");
+                }
+                (acked, told_out)
+            }));
+        }
+        // Terminate while every sender is mid-stream.
+        while count.load(Ordering::Relaxed) < 60 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success());
+        let mut all = Vec::new();
+        let mut told = 0;
+        for t in tasks {
+            let (acked, told_out) = t.await.unwrap();
+            all.extend(acked);
+            told += usize::from(told_out);
+        }
+        (all, told)
+    });
+
+    let status = server.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM");
+    assert_eq!(
+        told_out, SENDERS,
+        "every client was told OUT (ServerShutdown)"
+    );
+    assert!(acked.len() >= 60, "{} messages acknowledged", acked.len());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "nothing listens any more"
+    );
+
+    let stored: std::collections::HashSet<String> = rt.block_on(async {
+        let db = SqliteStorage::open(&dir.path().join("msnp24.sqlite3"))
+            .await
+            .unwrap();
+        let rows = db
+            .conversation_messages(&conversation_key("8:alice", "8:bob"))
+            .await
+            .unwrap();
+        db.close().await;
+        rows.into_iter()
+            .map(|m| String::from_utf8(m.message.content).unwrap())
+            .collect()
+    });
+    let lost: Vec<&String> = acked.iter().filter(|m| !stored.contains(*m)).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
 }

@@ -28,6 +28,8 @@ struct Shared {
     pending: HashMap<u64, oneshot::Sender<Frame>>,
     registration: Option<String>,
     violations: Vec<String>,
+    /// The reader saw the end of the connection: no reply can arrive any more.
+    closed: bool,
 }
 
 /// One MSNP connection.
@@ -192,7 +194,15 @@ impl Client {
     ) -> anyhow::Result<(u64, oneshot::Receiver<Frame>)> {
         let trid = self.next_trid();
         let (tx, rx) = oneshot::channel();
-        lock(&self.shared).pending.insert(trid, tx);
+        {
+            // Checked under the same lock the reader takes when it ends, so a request sent just
+            // after the close fails now instead of waiting out REPLY_TIMEOUT.
+            let mut shared = lock(&self.shared);
+            if shared.closed {
+                bail!("connection closed");
+            }
+            shared.pending.insert(trid, tx);
+        }
         self.send_raw(&Frame::new(cmd, trid, target, payload).to_bytes())
             .await?;
         Ok((trid, rx))
@@ -863,5 +873,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     }
-    lock(&shared).pending.clear();
+    let mut s = lock(&shared);
+    s.closed = true;
+    s.pending.clear();
 }

@@ -1,6 +1,7 @@
 //! The MSNP24 wire protocol with no I/O: frames, formatted messages, addresses, error codes and the
 //! typed XML bodies of every command. Everything here is synchronous and safe to feed hostile bytes.
 
+pub mod challenge;
 pub mod error;
 pub mod formatted;
 pub mod frame;

@@ -1,5 +1,6 @@
 //! Server configuration: a TOML file, overridden by command-line flags and environment variables.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,6 +44,34 @@ pub struct Config {
     pub login_throttle: ThrottleConfig,
     /// Per-account limit on `SDG` (803 beyond it).
     pub send_rate: SendRateConfig,
+    /// Open MSNP connections (plaintext and TLS together) allowed from one address; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Frames per second one connection may send on average; 0: no limit.
+    pub frames_per_sec: u32,
+    /// Frames one connection may send in a burst above `frames_per_sec`.
+    pub frame_burst: u32,
+    /// The BND challenge of §2.4.
+    pub challenges: ChallengeConfig,
+}
+
+/// The BND challenge (§2.4): off by default, because some clients treat a nonce as fatal.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChallengeConfig {
+    /// Whether BND hands out a nonce that must be answered before any other MSGR command.
+    pub enabled: bool,
+    /// Product id → product key pairs accepted besides the two known ones.
+    pub products: BTreeMap<String, String>,
+}
+
+impl ChallengeConfig {
+    /// The secret key of `product_id`: configured pairs first, then the known ones.
+    pub fn product_key(&self, product_id: &str) -> Option<&str> {
+        self.products
+            .get(product_id)
+            .map(String::as_str)
+            .or_else(|| msnp24_proto::challenge::known_product_key(product_id))
+    }
 }
 
 /// A token bucket per account: `burst` messages at once, refilled at `per_second`.
@@ -116,6 +145,10 @@ impl Default for Config {
             outbound_queue: 256,
             login_throttle: ThrottleConfig::default(),
             send_rate: SendRateConfig::default(),
+            max_connections_per_ip: 64,
+            frames_per_sec: 100,
+            frame_burst: 1000,
+            challenges: ChallengeConfig::default(),
         }
     }
 }
@@ -158,6 +191,22 @@ mod tests {
         assert_eq!(c.login_throttle.lockout_secs, 1);
         assert_eq!(c.send_rate.burst, 100);
         assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
+    }
+
+    #[test]
+    fn challenge_products_add_to_the_known_ones() {
+        let c: Config = toml::from_str(
+            "[challenges]\nenabled = true\n[challenges.products]\nPRODX = \"KEY\"\n",
+        )
+        .unwrap();
+        assert!(c.challenges.enabled);
+        assert_eq!(c.challenges.product_key("PRODX"), Some("KEY"));
+        assert_eq!(
+            c.challenges.product_key("PROD0090YUAUV{2B"),
+            Some("YMM8C_H7KCQ2S_KL")
+        );
+        assert_eq!(c.challenges.product_key("nope"), None);
+        assert!(!Config::default().challenges.enabled);
     }
 
     #[test]

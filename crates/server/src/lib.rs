@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod contacts;
 pub mod http;
+pub mod limits;
 pub mod presence;
 pub mod ratelimit;
 pub mod routing;

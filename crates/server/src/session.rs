@@ -66,6 +66,9 @@ pub struct Session {
     pub kick: Arc<watch::Sender<Option<KickReason>>>,
     /// The client sent `OUT`: its endpoint leaves presence at once when the connection ends.
     pub signed_out: bool,
+    /// The BND challenge nonce this endpoint has yet to answer (§2.4); `None` when challenges are
+    /// off or it already answered.
+    pub challenge_nonce: Option<String>,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
     /// The latest `Ack-Id`s handed out, with the stored message each names, so an `ACK` can be
@@ -95,6 +98,7 @@ impl Session {
             tx,
             kick,
             signed_out: false,
+            challenge_nonce: None,
             reg_issued_at: 0,
             deliveries: VecDeque::new(),
         }
@@ -181,6 +185,15 @@ impl Session {
                 } else {
                     "not authenticated"
                 },
+            ));
+        }
+        if self.challenge_nonce.is_some()
+            && frame.target_head() == "MSGR"
+            && !(frame.cmd == "PUT" && frame.target_tail() == "CHALLENGE")
+        {
+            return Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                "the BND challenge has not been answered",
             ));
         }
         if let (Some(bound), Some(token)) = (self.bound(), payload.headers.get("Registration")) {

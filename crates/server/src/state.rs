@@ -7,6 +7,7 @@ use msnp24_proto::Limits;
 
 use crate::accounts::LoginThrottle;
 use crate::config::Config;
+use crate::limits::ConnectionLimiter;
 use crate::presence::PresenceService;
 use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub presence: Arc<PresenceService>,
     /// Per-account `SDG` rate.
     pub send_limiter: SendLimiter,
+    /// Open connections per client address.
+    pub connections: ConnectionLimiter,
     next_conn: AtomicU64,
 }
 
@@ -62,7 +65,9 @@ impl AppState {
             config.presence_keepalive(),
         ));
         let send_limiter = SendLimiter::new(config.send_rate.clone());
+        let connections = ConnectionLimiter::new(config.max_connections_per_ip);
         AppState {
+            connections,
             config,
             storage,
             router,

@@ -117,12 +117,58 @@ async fn framing_errors_get_200_or_603_and_a_close() {
             b"SDG 9 MSGR\\X 9999999999\r\n".to_vec(),
             "603 9 MSGR",
         ),
+        (
+            "10 MB payload behind a valid first line",
+            [
+                &b"PUT 4 MSGR\\OPTIONS 10485760\r\n"[..],
+                &vec![b'X'; 10 * 1024 * 1024],
+            ]
+            .concat(),
+            "603 4 MSGR",
+        ),
+        (
+            "TrID of 20 digits",
+            b"PNG 99999999999999999999 CON 0\r\n".to_vec(),
+            "200 0 CON",
+        ),
+        (
+            "trailing backslash in target",
+            b"PUT 1 MSGR\\ 0\r\n".to_vec(),
+            "200 0 CON",
+        ),
+        ("trailing space", b"PNG 1 CON 0 \r\n".to_vec(), "200 0 CON"),
+        (
+            "plus sign in length",
+            b"PNG 1 CON +0\r\n".to_vec(),
+            "200 0 CON",
+        ),
+        (
+            "command of nine letters",
+            b"ABCDEFGHI 1 CON 0\r\n".to_vec(),
+            "200 0 CON",
+        ),
+        ("four-digit code", b"2000 1 CON 0\r\n".to_vec(), "200 0 CON"),
+        ("empty line", b"\r\n".to_vec(), "200 0 CON"),
+        (
+            "binary garbage",
+            (0u8..=255).cycle().take(300).collect(),
+            "200 0 CON",
+        ),
+        (
+            "frames after a broken line are not read",
+            b"HELLO\r\nPNG 2 CON 0\r\n".to_vec(),
+            "200 0 CON",
+        ),
     ];
     for (what, bytes, expect) in cases {
         let (frames, closed) = exchange(&t, &bytes).await;
         assert_eq!(summary(&frames), [expect], "{what}");
         assert!(closed, "{what}: connection should be closed");
     }
+    // LENGTH shorter than what follows: the rest is read as the next frame, which is garbage.
+    let (frames, closed) = exchange(&t, b"PNG 1 CON 0\r\nGARBAGE\r\n").await;
+    assert_eq!(summary(&frames), ["PNG 1 CON", "200 0 CON"]);
+    assert!(closed);
     still_serving(&t).await;
 }
 
@@ -222,6 +268,70 @@ async fn payload_errors_get_an_error_and_the_connection_stays_open() {
             Frame::new("XYZ", 1, "ABC\\DEF", b"\r\n".to_vec()),
             "911 1 ABC",
         ),
+        (
+            "NUL in an XML name",
+            Frame::new("CNT", 1, "CON", b"\r\n<conn\0ect><ver>2</ver></conn\0ect>".to_vec()),
+            "200 1 CON",
+        ),
+        (
+            "NUL in a header name",
+            Frame::new("PNG", 1, "CON", b"Regis\0tration: x\r\n\r\n".to_vec()),
+            "200 1 CON",
+        ),
+        (
+            "element-count bomb",
+            Frame::new(
+                "CNT",
+                1,
+                "CON",
+                format!("\r\n<connect><ver>2</ver>{}</connect>", "<a/>".repeat(20_001)).into_bytes(),
+            ),
+            "200 1 CON",
+        ),
+        (
+            "attribute bomb",
+            Frame::new(
+                "CNT",
+                1,
+                "CON",
+                format!(
+                    "\r\n<connect{}><ver>2</ver></connect>",
+                    (0..10_000).map(|i| format!(" a{i}=\"\"")).collect::<String>()
+                )
+                .into_bytes(),
+            ),
+            "200 1 CON",
+        ),
+        (
+            "undefined entity",
+            Frame::new("CNT", 1, "CON", b"\r\n<connect><ver>&lol;</ver></connect>".to_vec()),
+            "200 1 CON",
+        ),
+        (
+            "external entity",
+            Frame::new(
+                "CNT",
+                1,
+                "CON",
+                b"\r\n<!DOCTYPE c [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><connect><ver>&x;</ver></connect>".to_vec(),
+            ),
+            "200 1 CON",
+        ),
+        (
+            "seed command before auth",
+            Frame::new("PUT", 1, "MSGR\\PARTNERS", b"\r\n<partners><type>ABCH</type></partners>".to_vec()),
+            "911 1 MSGR",
+        ),
+        (
+            "spam report before auth",
+            Frame::new("PUT", 1, "MSGR\\REPORTSPAM", b"\r\n<reportspam><alias>8:bob</alias></reportspam>".to_vec()),
+            "911 1 MSGR",
+        ),
+        (
+            "challenge answer before auth",
+            Frame::new("PUT", 1, "MSGR\\CHALLENGE", b"\r\n<challenge><appId>x</appId><response>y</response></challenge>".to_vec()),
+            "911 1 MSGR",
+        ),
     ];
     for (what, frame, expect) in cases {
         let mut bytes = frame.to_bytes();
@@ -252,32 +362,167 @@ async fn truncated_payload_and_abrupt_close_are_harmless() {
         .is_err());
 }
 
+fn message(to: &str, from: &str, content_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "\r\nRouting: 1.0\r\nTo: {to}\r\nFrom: {from}\r\n\r\nReliability: 1.0\r\n\r\nMessaging: 2.0\r\n{content_headers}\r\n{body}"
+    )
+    .into_bytes()
+}
+
 #[tokio::test]
 async fn bad_input_after_bind() {
     let t = TestServer::start().await;
     t.add_user("alice").await;
+    t.add_user("bob").await;
     let c = t.signed_in("alice").await;
-    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
-        ("unknown command", "FOO", b"\r\n".to_vec(), "240"),
-        ("unknown MSGR target", "PUT", b"\r\n".to_vec(), "240"),
-        ("SDG without routing", "SDG", b"\r\nhello".to_vec(), "200"),
-        ("SDG with short body", "SDG", b"\r\nRouting: 1.0\r\nTo: 8:alice\r\n\r\nReliability: 1.0\r\n\r\nMessaging: 2.0\r\nContent-Length: 50\r\n\r\nhi".to_vec(), "200"),
-        ("SDG to a bad address", "SDG", b"\r\nRouting: 1.0\r\nTo: nobody\r\n\r\nReliability: 1.0\r\n\r\nMessaging: 2.0\r\n\r\nhi".to_vec(), "201"),
-        ("SDG to a 4: address", "SDG", b"\r\nRouting: 1.0\r\nTo: 4:+15551234\r\n\r\nReliability: 1.0\r\n\r\nMessaging: 2.0\r\n\r\nhi".to_vec(), "201"),
-        ("SDG publication", "SDG", b"\r\nRouting: 1.0\r\nTo: 8:alice\r\n\r\nReliability: 1.0\r\n\r\nPublication: 1.0\r\n\r\n".to_vec(), "200"),
-        ("ACK without Ack-Id", "ACK", b"\r\n".to_vec(), "200"),
+    let mut bob = t.signed_in("bob").await;
+    let thread = "19:0123456789abcdef0123456789abcdef@thread.skype";
+    let text = "Message-Type: Text\r\nContent-Length: 2\r\n";
+    let cases: Vec<(&str, &str, &str, Vec<u8>, &str)> = vec![
+        ("unknown command", "FOO", "CON", b"\r\n".to_vec(), "240"),
+        ("unknown MSGR target", "PUT", "MSGR\\NOPE", b"\r\n".to_vec(), "240"),
+        ("SDG without routing", "SDG", "MSGR", b"\r\nhello".to_vec(), "200"),
+        ("SDG with short body", "SDG", "MSGR", message("8:alice", "8:alice", "Content-Length: 50\r\n", "hi"), "200"),
+        ("SDG with negative Content-Length", "SDG", "MSGR", message("8:bob", "8:alice", "Content-Length: -2\r\n", "hi"), "200"),
+        ("SDG with non-numeric Content-Length", "SDG", "MSGR", message("8:bob", "8:alice", "Content-Length: two\r\n", "hi"), "200"),
+        ("SDG to a bad address", "SDG", "MSGR", message("nobody", "8:alice", "", "hi"), "201"),
+        ("SDG to a 4: address", "SDG", "MSGR", message("4:+15551234", "8:alice", "", "hi"), "201"),
+        ("SDG to an unknown account", "SDG", "MSGR", message("8:nobody", "8:alice", text, "hi"), "201"),
+        ("SDG with NUL in To", "SDG", "MSGR", message("8:b\0b", "8:alice", text, "hi"), "201"),
+        ("SDG to a malformed epid", "SDG", "MSGR", message("8:bob;epid={zzz}", "8:alice", text, "hi"), "201"),
+        ("SDG to another user's thread", "SDG", "MSGR", message(thread, "8:alice", text, "hi"), "240"),
+        ("SDG to a malformed thread id", "SDG", "MSGR", message("19:nope", "8:alice", text, "hi"), "240"),
+        ("SDG publication", "SDG", "MSGR", b"\r\nRouting: 1.0\r\nTo: 8:alice\r\n\r\nReliability: 1.0\r\n\r\nPublication: 1.0\r\n\r\n".to_vec(), "200"),
+        ("SDG with unterminated blocks", "SDG", "MSGR", b"\r\nRouting: 1.0\r\nTo: 8:bob\r\n".to_vec(), "200"),
+        ("ACK without Ack-Id", "ACK", "MSGR", b"\r\n".to_vec(), "200"),
+        ("PARTNERS with bad XML", "PUT", "MSGR\\PARTNERS", b"\r\n<partners><type>".to_vec(), "200"),
+        ("OPTIONS with a DOCTYPE", "PUT", "MSGR\\OPTIONS", b"\r\n<!DOCTYPE o><options/>".to_vec(), "200"),
+        ("OPTIONS larger than a setting may be", "PUT", "MSGR\\OPTIONS", format!("\r\n<options><x>{}</x></options>", "y".repeat(5000)).into_bytes(), "201"),
+        ("NETWORKS with the wrong root", "PUT", "MSGR\\NETWORKS", b"\r\n<partners/>".to_vec(), "200"),
+        ("REPORTSPAM naming 51 aliases", "PUT", "MSGR\\REPORTSPAM", format!("\r\n<reportspam>{}</reportspam>", "<alias>8:x</alias>".repeat(51)).into_bytes(), "201"),
+        ("REPORTSPAM with a 1 KB alias", "PUT", "MSGR\\REPORTSPAM", format!("\r\n<reportspam><alias>{}</alias></reportspam>", "x".repeat(1024)).into_bytes(), "201"),
+        ("CHALLENGE with the wrong root", "PUT", "MSGR\\CHALLENGE", b"\r\n<challenges/>".to_vec(), "200"),
+        ("second BND", "BND", "CON\\MSGR", format!("\r\n<msgr><ver>2</ver><epid>{}</epid></msgr>", msnp24_client::new_epid()).into_bytes(), "715"),
+        ("expired-looking registration token", "PNG", "CON", b"Registration: AAAA.BBBB\r\n\r\n".to_vec(), "911"),
     ];
-    for (what, cmd, payload, code) in cases {
-        let target = if what == "unknown MSGR target" {
-            "MSGR\\NOPE"
-        } else if cmd == "FOO" {
-            "CON"
-        } else {
-            "MSGR"
-        };
+    for (what, cmd, target, payload, code) in cases {
         let r = c.request(cmd, target, payload).await.unwrap();
         assert_eq!(r.cmd, code, "{what}: {}", r.payload_lossy());
+        assert_eq!(r.target, target.split('\\').next().unwrap(), "{what}");
     }
+    // Another endpoint's registration token is refused (it names bob's endpoint, not this one).
+    let foreign = bob.registration().unwrap();
+    let r = c
+        .request(
+            "PNG",
+            "CON",
+            format!("Registration: {foreign}\r\n\r\n").into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.cmd, "911");
+
+    // A forged From is rewritten: bob sees alice's address and endpoint, and so does storage.
+    let forged = message(
+        "8:bob",
+        "8:bob;epid={00000000-0000-0000-0000-000000000000}",
+        "Message-Type: Text\r\nClient-Message-ID: 1\r\nContent-Length: 6\r\n",
+        "forged",
+    );
+    expect_ok(c.request("SDG", "MSGR", forged).await.unwrap()).unwrap();
+    let f = bob.wait_for(WAIT, |f| f.cmd == "SDG").await.unwrap();
+    let (_, m) = msnp24_proto::FormattedMessage::parse_payload(&f.payload).unwrap();
+    assert_eq!(m.from().unwrap(), format!("8:alice;epid={{{}}}", c.epid));
+    assert_eq!(m.body, b"forged");
+
+    expect_ok(c.ping().await.unwrap()).unwrap();
+    assert_conformant(&c);
+    assert_conformant(&bob);
+    nothing_stored_but_the_good(&t).await;
+}
+
+/// After the bad input: the database is sound and holds exactly what was acknowledged.
+async fn nothing_stored_but_the_good(t: &TestServer) {
+    use msnp24_server::storage::{conversation_key, SqliteStorage, Storage};
+    let db = SqliteStorage::open(&t.config.database_path())
+        .await
+        .unwrap();
+    assert_eq!(db.integrity_check().await.unwrap(), Vec::<String>::new());
+    let names: Vec<String> = db
+        .list_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let stored = db
+        .conversation_messages(&conversation_key("8:alice", "8:bob"))
+        .await
+        .unwrap();
+    let got: Vec<(&str, &[u8])> = stored
+        .iter()
+        .map(|m| (m.message.sender.as_str(), m.message.content.as_slice()))
+        .collect();
+    assert_eq!(got, [("8:alice", &b"forged"[..])]);
+    let self_conv = db
+        .conversation_messages(&conversation_key("8:alice", "8:alice"))
+        .await
+        .unwrap();
+    assert!(self_conv.is_empty(), "{self_conv:?}");
+    assert!(db.spam_reports().await.unwrap().is_empty());
+    assert!(db.settings().await.unwrap().is_empty());
+    db.close().await;
+}
+
+#[tokio::test]
+async fn invalid_epids_get_201_and_the_connection_can_bind_again() {
+    let t = TestServer::start().await;
+    t.add_user("alice").await;
+    let token = t.token("alice").await;
+    let c = t.connect().await;
+    let ath = msnp24_proto::xml::auth::AuthUser {
+        ssl_compact_ticket: Some(format!("t={token}")),
+        ..Default::default()
+    };
+    expect_ok(
+        c.request(
+            "ATH",
+            "CON\\USER",
+            msnp24_proto::Payload::body(ath.to_xml()).encode(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    for (what, epid) in [
+        ("empty", ""),
+        ("words", "not-a-uuid"),
+        ("missing brace", "{b958d334-651e-82fe-a2a1-3dfbb7f5cc08"),
+        ("no dashes", "b958d334651e82fea2a13dfbb7f5cc08"),
+        ("non-hex", "g958d334-651e-82fe-a2a1-3dfbb7f5cc08"),
+        ("NUL", "b958d334-651e-82fe-a2a1-3dfbb7f5cc0\u{0}"),
+        ("too long", "b958d334-651e-82fe-a2a1-3dfbb7f5cc0800"),
+    ] {
+        let body = format!("\r\n<msgr><ver>2</ver><epid>{epid}</epid></msgr>");
+        let r = c
+            .request("BND", "CON\\MSGR", body.into_bytes())
+            .await
+            .unwrap();
+        assert_eq!(r.cmd, "201", "{what}: {}", r.payload_lossy());
+    }
+    let r = c
+        .request("BND", "CON\\MSGR", b"\r\n<msgr><ver>99999999999999999999</ver><epid>b958d334-651e-82fe-a2a1-3dfbb7f5cc08</epid></msgr>".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.cmd, "200", "a <ver> beyond u32 is not a number we read");
+    let body = "\r\n<msgr><ver>2</ver><epid>{B958D334-651E-82FE-A2A1-3DFBB7F5CC08}</epid></msgr>";
+    expect_ok(
+        c.request("BND", "CON\\MSGR", body.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     expect_ok(c.ping().await.unwrap()).unwrap();
     assert_conformant(&c);
 }

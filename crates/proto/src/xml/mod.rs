@@ -47,6 +47,10 @@ pub const MAX_DEPTH: usize = 32;
 /// Maximum number of elements in one document accepted by [`parse_element`].
 pub const MAX_ELEMENTS: usize = 20_000;
 
+/// Maximum attributes on one element: the duplicate check costs quadratic time in their number,
+/// and no real body has more than a handful.
+pub const MAX_ATTRIBUTES: usize = 64;
+
 /// Longest excerpt of an offending value kept in an error, so hostile input cannot bloat logs.
 const MAX_ERROR_VALUE: usize = 64;
 
@@ -377,10 +381,26 @@ fn open_element(
         return Err(XmlError::TooManyElements);
     }
     let name = String::from_utf8(start.name().as_ref().to_vec()).map_err(malformed)?;
+    // quick-xml reads `< />` as an element with an empty name; a name the writer cannot write
+    // back would make the server emit broken XML.
+    if !valid_name(&name) {
+        return Err(XmlError::Malformed(format!(
+            "invalid element name {:?}",
+            name.chars().take(MAX_ERROR_VALUE).collect::<String>()
+        )));
+    }
     let mut attrs = Vec::new();
     for attr in start.attributes().with_checks(true) {
+        if attrs.len() == MAX_ATTRIBUTES {
+            return Err(XmlError::Malformed(format!(
+                "more than {MAX_ATTRIBUTES} attributes on <{name}>"
+            )));
+        }
         let attr = attr.map_err(malformed)?;
         let key = String::from_utf8(attr.key.as_ref().to_vec()).map_err(malformed)?;
+        if !valid_name(&key) {
+            return Err(XmlError::Malformed("invalid attribute name".into()));
+        }
         let value = attr.unescape_value().map_err(malformed)?.into_owned();
         attrs.push((key, value));
     }
@@ -390,6 +410,19 @@ fn open_element(
         children: Vec::new(),
         text: String::new(),
     })
+}
+
+/// An XML name as far as we need it: starts with a letter, `_` or `:`, then no whitespace or markup.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| {
+            !c.is_whitespace()
+                && !c.is_control()
+                && !matches!(c, '<' | '>' | '/' | '=' | '"' | '\'' | '&')
+        })
 }
 
 fn close_element(mut element: Element, stack: &mut [Element], root: &mut Option<Element>) {

@@ -152,6 +152,11 @@ fn rejects_malformed_documents() {
         b"<a>\xc3\x28</a>",
         b"<a><!-- unclosed",
         b"<a><![CDATA[ unclosed</a>",
+        // Found by the `xml` fuzz target: quick-xml reads these as elements with empty names.
+        b"<a>< /></a>",
+        b"< />",
+        b"<a><\t/></a>",
+        b"<a 1x=\"1\"/>",
     ];
     for input in bad {
         assert!(
@@ -160,6 +165,16 @@ fn rejects_malformed_documents() {
             String::from_utf8_lossy(input)
         );
     }
+}
+
+#[test]
+fn attribute_count_is_capped() {
+    let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=\"\"")).collect::<String>();
+    assert!(parse_element(format!("<a{}/>", attrs(MAX_ATTRIBUTES)).as_bytes()).is_ok());
+    assert!(matches!(
+        parse_element(format!("<a{}/>", attrs(MAX_ATTRIBUTES + 1)).as_bytes()),
+        Err(XmlError::Malformed(_))
+    ));
 }
 
 #[test]

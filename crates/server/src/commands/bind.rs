@@ -58,7 +58,15 @@ pub async fn bnd(
     }
     tracing::info!(conn = s.conn_id, account = %bound.account, epid = %bound.epid, ver, "endpoint bound");
     s.phase = Phase::Bound(bound);
-    let response = MsgrResponse { ver, nonce: None };
+    // §0.8: a nonce only when challenges are on; the endpoint must answer it before using MSGR.
+    let nonce = s
+        .state
+        .config
+        .challenges
+        .enabled
+        .then(super::challenge::new_nonce);
+    s.challenge_nonce = nonce.clone();
+    let response = MsgrResponse { ver, nonce };
     out.push(s.reply(frame, response.to_xml(), true));
     Ok(Flow::Continue)
 }

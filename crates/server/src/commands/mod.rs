@@ -7,11 +7,13 @@ use crate::session::Session;
 
 pub mod auth;
 pub mod bind;
+pub mod challenge;
 pub mod connect;
 pub mod contacts;
 pub mod conversations;
 pub mod endpoint;
 pub mod messaging;
+pub mod misc;
 pub mod presence;
 pub mod subscriptions;
 
@@ -109,6 +111,11 @@ pub async fn dispatch(
         }
         ("GET", "MSGR\\CONVERSATIONS") => conversations::get(s, frame, payload, out).await,
         ("PUT", "MSGR\\CONVERSATION") => conversations::put(s, frame, payload, out).await,
+        ("PUT", "MSGR\\CHALLENGE") => challenge::put(s, frame, payload, out),
+        ("PUT", "MSGR\\PARTNERS") => misc::partners(s, frame, payload, out).await,
+        ("PUT", "MSGR\\OPTIONS") => misc::options(s, frame, payload, out).await,
+        ("PUT", "MSGR\\NETWORKS") => misc::networks(s, frame, payload, out).await,
+        ("PUT", "MSGR\\REPORTSPAM") => misc::report_spam(s, frame, payload, out).await,
         _ => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             format!("unknown command {} {}", frame.cmd, frame.target),

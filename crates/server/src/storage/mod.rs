@@ -208,6 +208,43 @@ pub fn conversation_key(a: &str, b: &str) -> String {
     }
 }
 
+/// Where a stored setting applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingScope {
+    /// One endpoint of an account (`PARTNERS`, `OPTIONS`).
+    Endpoint(String),
+    /// The whole account (`NETWORKS`).
+    Account,
+}
+
+/// A setting a client stored with `PUT MSGR\PARTNERS`, `\OPTIONS` or `\NETWORKS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The account's address, `8:name`.
+    pub account: String,
+    /// The endpoint, or the whole account.
+    pub scope: SettingScope,
+    /// `partners`, `options` or `networks`.
+    pub kind: String,
+    /// The body as the server re-wrote it (canonical XML).
+    pub value: String,
+    /// Last change, unix seconds.
+    pub updated_at: i64,
+}
+
+/// One reported alias of a `PUT MSGR\REPORTSPAM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpamReport {
+    /// Who reported, `8:name`.
+    pub reporter: String,
+    /// From which endpoint.
+    pub reporter_epid: String,
+    /// The alias reported, as the client wrote it.
+    pub reported: String,
+    /// When, unix seconds.
+    pub reported_at: i64,
+}
+
 /// Everything the server keeps on disk.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -300,4 +337,12 @@ pub trait Storage: Send + Sync + 'static {
         properties: &[(String, String)],
         now_ms: i64,
     ) -> StorageResult<ConversationSummary>;
+    /// Stores (replacing) one setting.
+    async fn put_setting(&self, setting: Setting) -> StorageResult<()>;
+    /// Every stored setting, by account, endpoint and kind.
+    async fn settings(&self) -> StorageResult<Vec<Setting>>;
+    /// Stores the aliases of one spam report in one transaction.
+    async fn add_spam_reports(&self, reports: &[SpamReport]) -> StorageResult<()>;
+    /// Every spam report, oldest first.
+    async fn spam_reports(&self) -> StorageResult<Vec<SpamReport>>;
 }

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
-    NewMessage, ProfileUpdate, RecentPosition, Storage, StorageError, StorageResult, StoredMessage,
+    NewMessage, ProfileUpdate, RecentPosition, Setting, SettingScope, SpamReport, Storage,
+    StorageError, StorageResult, StoredMessage,
 };
 
 /// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are
@@ -329,7 +330,21 @@ impl SqliteStorage {
         if self.writer.send(Write::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint at close failed; the log is kept");
+        }
         self.pool.close().await;
+    }
+
+    /// SQLite's own consistency check: empty when the file is sound, else what is wrong.
+    pub async fn integrity_check(&self) -> StorageResult<Vec<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
     }
 
     async fn submit(&self, write: Write) -> StorageResult<()> {
@@ -815,6 +830,94 @@ impl Storage for SqliteStorage {
         self.conversation(account, id)
             .await?
             .ok_or_else(|| StorageError::Corrupt(format!("conversation {id} vanished")))
+    }
+
+    async fn put_setting(&self, setting: Setting) -> StorageResult<()> {
+        match &setting.scope {
+            SettingScope::Endpoint(epid) => {
+                sqlx::query(
+                    "INSERT INTO endpoint_settings (account, epid, kind, value, updated_at) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (account, epid, kind) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(&setting.account)
+                .bind(epid)
+                .bind(&setting.kind)
+                .bind(&setting.value)
+                .bind(setting.updated_at)
+                .execute(&self.pool)
+                .await?;
+            }
+            SettingScope::Account => {
+                sqlx::query(
+                    "INSERT INTO account_settings (account, kind, value, updated_at) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (account, kind) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(&setting.account)
+                .bind(&setting.kind)
+                .bind(&setting.value)
+                .bind(setting.updated_at)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settings(&self) -> StorageResult<Vec<Setting>> {
+        let rows = sqlx::query(
+            "SELECT account, epid, kind, value, updated_at FROM endpoint_settings \
+             UNION ALL SELECT account, NULL, kind, value, updated_at FROM account_settings \
+             ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let epid: Option<String> = row.try_get(1)?;
+                Ok(Setting {
+                    account: row.try_get(0)?,
+                    scope: epid.map_or(SettingScope::Account, SettingScope::Endpoint),
+                    kind: row.try_get(2)?,
+                    value: row.try_get(3)?,
+                    updated_at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_spam_reports(&self, reports: &[SpamReport]) -> StorageResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for r in reports {
+            sqlx::query(
+                "INSERT INTO spam_reports (reporter, reporter_epid, reported, reported_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&r.reporter)
+            .bind(&r.reporter_epid)
+            .bind(&r.reported)
+            .bind(r.reported_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn spam_reports(&self) -> StorageResult<Vec<SpamReport>> {
+        let rows = sqlx::query(
+            "SELECT reporter, reporter_epid, reported, reported_at FROM spam_reports ORDER BY reported_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SpamReport {
+                    reporter: row.try_get("reporter")?,
+                    reporter_epid: row.try_get("reporter_epid")?,
+                    reported: row.try_get("reported")?,
+                    reported_at: row.try_get("reported_at")?,
+                })
+            })
+            .collect()
     }
 }
 

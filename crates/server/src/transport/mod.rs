@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use msnp24_proto::frame::{decode, error_frame};
 use msnp24_proto::xml::misc::Out;
-use msnp24_proto::{Frame, Headers, Payload};
+use msnp24_proto::{ErrorCode, Frame, Headers, Payload};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::commands::Flow;
+use crate::limits::FrameRate;
 use crate::routing::{Delivery, KickReason, Outbound};
 use crate::session::Session;
 use crate::state::{now_ms, AppState};
@@ -26,6 +27,13 @@ pub type DoneGuard = mpsc::Sender<()>;
 
 /// Reads start small: an idle connection should cost a few KiB, not a large default buffer.
 const INITIAL_READ_BUFFER: usize = 512;
+
+/// Queued frames are moved into one write of at most about this many bytes, so the outbound
+/// queue's bound is not undone by copying it all into the write buffer at once.
+const MAX_WRITE_BATCH: usize = 64 * 1024;
+
+/// How long the last `OUT` may take to write before the connection is simply closed.
+const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Accepts plaintext connections until shutdown.
 pub async fn accept_tcp(
@@ -50,13 +58,27 @@ pub async fn accept_tcp(
                 continue;
             }
         };
+        let Some(slot) = state.connections.try_acquire(peer.ip()) else {
+            tracing::warn!(%peer, limit = state.config.max_connections_per_ip, "too many connections from this address; refused");
+            if tls.is_none() {
+                // Best effort and never waiting: the peer learns why, if its socket has room.
+                let _ = stream.try_write(
+                    &error_frame(ErrorCode::RateLimited, 0, "CON", "too many connections")
+                        .to_bytes(),
+                );
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
         match tls.clone() {
             None => {
-                tokio::spawn(serve_connection(stream, peer, state, shutdown, done));
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, state, shutdown, done).await;
+                    drop(slot);
+                });
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
@@ -67,6 +89,7 @@ pub async fn accept_tcp(
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
+                    drop(slot);
                 });
             }
         }
@@ -131,10 +154,13 @@ pub async fn serve_connection<S>(
     let limits = state.limits();
     let idle = state.config.idle_timeout();
     let mut deadline = Instant::now() + idle;
+    let mut rate = FrameRate::new(state.config.frames_per_sec, state.config.frame_burst);
     let mut replies: Vec<Frame> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::new();
     // The peer went away without a word (end of stream, socket error): its presence lingers.
     let mut vanished = false;
+    // Set when a write was cut off mid-frame: nothing more may be written to this stream.
+    let mut torn = false;
 
     let end: Option<KickReason> = 'conn: loop {
         tokio::select! {
@@ -144,12 +170,22 @@ pub async fn serve_connection<S>(
             Some(item) = rx.recv() => {
                 wbuf.clear();
                 encode_outbound(&item, &mut session, &mut wbuf);
-                while let Ok(item) = rx.try_recv() {
-                    encode_outbound(&item, &mut session, &mut wbuf);
+                while wbuf.len() < MAX_WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => encode_outbound(&item, &mut session, &mut wbuf),
+                        Err(_) => break,
+                    }
                 }
-                if write_all(&mut wr, &wbuf).await.is_err() {
-                    vanished = true;
-                    break 'conn None;
+                match guarded_write(&mut wr, &wbuf, &mut kick_rx, &mut shutdown).await {
+                    WriteEnd::Written => {}
+                    WriteEnd::Failed => {
+                        vanished = true;
+                        break 'conn None;
+                    }
+                    WriteEnd::Interrupted(reason) => {
+                        torn = true;
+                        break 'conn Some(reason);
+                    }
                 }
             }
             read = rd.read_buf(&mut buf) => {
@@ -171,6 +207,12 @@ pub async fn serve_connection<S>(
                     match decode(&buf, &limits) {
                         Ok(Some((frame, used))) => {
                             buf.advance(used);
+                            if !rate.allow() {
+                                tracing::warn!(conn, %peer, cmd = %frame.cmd, trid = frame.trid, "frame rate limit exceeded; closing");
+                                replies.push(frame.error_reply(ErrorCode::RateLimited, "too many requests"));
+                                close = true;
+                                break;
+                            }
                             if session.handle(frame, &mut replies).await == Flow::Close {
                                 close = true;
                                 break;
@@ -204,25 +246,64 @@ pub async fn serve_connection<S>(
                         encode_outbound(&item, &mut session, &mut wbuf);
                     }
                 }
-                if write_all(&mut wr, &wbuf).await.is_err() {
-                    vanished = true;
-                    break 'conn None;
-                }
-                if close {
-                    break 'conn None;
+                match guarded_write(&mut wr, &wbuf, &mut kick_rx, &mut shutdown).await {
+                    WriteEnd::Written if !close => {}
+                    WriteEnd::Written => break 'conn None,
+                    WriteEnd::Failed => {
+                        vanished = true;
+                        break 'conn None;
+                    }
+                    WriteEnd::Interrupted(reason) => {
+                        torn = true;
+                        break 'conn Some(reason);
+                    }
                 }
             }
         }
     };
     if let Some(reason) = end {
         tracing::info!(conn, %peer, ?reason, "ending connection");
-        if let Some(text) = reason.out_reason() {
-            let _ = write_all(&mut wr, &out_frame(text).to_bytes()).await;
+        if let (Some(text), false) = (reason.out_reason(), torn) {
+            let farewell = out_frame(text).to_bytes();
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, write_all(&mut wr, &farewell)).await;
         }
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wr.shutdown()).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
     session.closed(vanished).await;
     tracing::info!(conn, %peer, "connection closed");
+}
+
+/// How a write ended.
+enum WriteEnd {
+    /// Every byte was handed to the socket.
+    Written,
+    /// The socket failed or the peer did not read for too long.
+    Failed,
+    /// The connection was told to end while the write was blocked (a peer that stopped reading).
+    Interrupted(KickReason),
+}
+
+/// Writes `bytes` unless the connection is kicked or the server stops first: a peer that stopped
+/// reading must not keep its task (and its queue) alive until the write times out.
+async fn guarded_write<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    kick_rx: &mut watch::Receiver<Option<KickReason>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> WriteEnd {
+    tokio::select! {
+        // A write that can complete now always does, even if an end was signalled meanwhile.
+        biased;
+        r = write_all(wr, bytes) => match r {
+            Ok(()) => WriteEnd::Written,
+            Err(_) => WriteEnd::Failed,
+        },
+        kicked = kick_rx.wait_for(Option::is_some) => match kicked.ok().and_then(|k| *k) {
+            Some(reason) => WriteEnd::Interrupted(reason),
+            None => WriteEnd::Failed,
+        },
+        _ = stopped(shutdown) => WriteEnd::Interrupted(KickReason::ServerShutdown),
+    }
 }
 
 fn encode_outbound(item: &Outbound, session: &mut Session, out: &mut Vec<u8>) {
