@@ -463,3 +463,245 @@ async fn skype_name_clients_log_in_with_the_legacy_digest() {
         (StatusCode::BAD_REQUEST, Some(40000))
     );
 }
+
+#[tokio::test]
+async fn contacts_services_act_on_the_same_lists() {
+    let t = setup().await;
+    t.add_user("carol").await;
+    let (http, port) = https_client(&t);
+    let state = t.server().state().clone();
+    let skypetoken = |name: &str| {
+        let state = state.clone();
+        let name = name.to_string();
+        async move {
+            let account = state
+                .storage
+                .account(&AccountName::parse(&name).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            state.issue(TokenKind::Skype, &account, 3600).0
+        }
+    };
+    let (alice_st, bob_st) = (skypetoken("live:alice").await, skypetoken("bob").await);
+    let alice = t.signed_in("live:alice").await;
+    let mut bob = t.signed_in("bob").await;
+    let base = format!("https://contacts.skype.com:{port}");
+    let put = |path: String, token: &str| {
+        http.put(format!("{base}{path}"))
+            .header("X-Skypetoken", token.to_string())
+    };
+    let get = |path: String, token: &str| {
+        http.get(format!("{base}{path}"))
+            .header("X-Skypetoken", token.to_string())
+    };
+
+    // Alice asks bob over HTTP: his MSNP endpoint gets the request as §4.1 says.
+    let r = put("/users/self/contacts/auth-request/bob".into(), &alice_st)
+        .form(&[("greeting", "hi bob, it's alice")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let f = bob
+        .wait_for(WAIT, |f| f.cmd == "NFY" && f.target == "MSGR\\CONTACTS")
+        .await
+        .unwrap();
+    assert_eq!(
+        f.payload,
+        b"\r\n<ml l=\"8\"><skp><c n=\"live:alice\" t=\"8\"/></skp></ml>"
+    );
+
+    // Carol asks bob over MSNP by his e-mail alias (`t="1"` in the older `<d>` grouping).
+    let carol = t.signed_in("carol").await;
+    let ml =
+        "<ml l=\"1\"><d n=\"example.com\"><c n=\"bob\" t=\"1\"><s l=\"3\" n=\"IM\"/></c></d></ml>";
+    expect_ok(
+        carol
+            .request("PUT", "MSGR\\CONTACTS", carol.payload(ml))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    bob.wait_for(WAIT, |f| f.cmd == "NFY" && f.target == "MSGR\\CONTACTS")
+        .await
+        .unwrap();
+
+    let (status, pending) = json(
+        get("/users/self/contacts/auth-request".into(), &bob_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let pending = pending.as_array().unwrap().clone();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    let from = |who: &str| {
+        pending
+            .iter()
+            .find(|p| p["sender"] == who)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(from("live:alice")["greeting"], "hi bob, it's alice");
+    assert!(from("live:alice")["event_time"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(from("carol")["greeting"], "");
+
+    // Bob accepts alice and declines carol over HTTP.
+    assert_eq!(
+        put(
+            "/users/self/contacts/auth-request/live:alice/accept".into(),
+            &bob_st
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(
+            "/users/self/contacts/auth-request/carol/decline".into(),
+            &bob_st
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::OK
+    );
+    let (_, pending) = json(
+        get("/users/self/contacts/auth-request".into(), &bob_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(pending, serde_json::json!([]));
+    let (status, list) = json(
+        get("/contacts/v2/users/live:alice/contacts".into(), &alice_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["contacts"].as_array().unwrap().len(), 1);
+    let c = &list["contacts"][0];
+    assert_eq!(
+        (
+            c["mri"].as_str(),
+            c["display_name"].as_str(),
+            c["authorized"].as_bool(),
+            c["blocked"].as_bool()
+        ),
+        (Some("8:bob"), Some("Bob"), Some(true), Some(false))
+    );
+    assert_eq!(c["profile"]["name"]["first"], "Bob");
+    assert_eq!(c["profile"]["mood"], "around");
+    // The same list MSNP sees: bob's row for alice has forward and allow.
+    let rows = state
+        .storage
+        .contacts(&AccountName::parse("bob").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|c| (c.name.as_str(), c.bits))
+            .collect::<Vec<_>>(),
+        [("live:alice", 3)]
+    );
+
+    // Block over HTTP stops messages (silently); unblock restores them; DELETE removes.
+    assert_eq!(
+        put("/users/self/contacts/live:alice/block".into(), &bob_st)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let (_, list) = json(
+        get("/contacts/v2/users/self/contacts".into(), &bob_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["contacts"][0]["blocked"], true);
+    expect_ok(alice.send_text("8:bob", "blocked one").await.unwrap()).unwrap();
+    assert_eq!(
+        put("/users/self/contacts/live:alice/unblock".into(), &bob_st)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    expect_ok(alice.send_text("8:bob", "after unblock").await.unwrap()).unwrap();
+    let f = bob.wait_for(WAIT, |f| f.cmd == "SDG").await.unwrap();
+    assert_eq!(
+        FormattedMessage::parse_payload(&f.payload).unwrap().1.body,
+        b"after unblock"
+    );
+    let r = http
+        .delete(format!("{base}/users/self/contacts/live:alice"))
+        .header("X-Skypetoken", bob_st.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, list) = json(
+        get("/contacts/v2/users/self/contacts".into(), &bob_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["contacts"], serde_json::json!([]));
+
+    // Refusals: unknown name, someone else's list, oneself, no token. Never a 500.
+    let (status, body) = json(
+        put("/users/self/contacts/auth-request/nobody".into(), &bob_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"]["code"].as_u64()),
+        (StatusCode::NOT_FOUND, Some(40400))
+    );
+    let (status, body) = json(
+        get("/contacts/v2/users/bob/contacts".into(), &alice_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"]["code"].as_u64()),
+        (StatusCode::FORBIDDEN, Some(40300))
+    );
+    let (status, _) = json(
+        put("/users/self/contacts/bob/block".into(), &bob_st)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let r = http
+        .get(format!("{base}/users/self/contacts/auth-request"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for c in [&alice, &bob, &carol] {
+        assert_conformant(c);
+    }
+}

@@ -145,6 +145,17 @@ pub struct ContactRelation {
     pub theirs: u32,
 }
 
+/// A contact request the recipient has not answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// Who asked.
+    pub sender: AccountName,
+    /// When the request arrived, unix seconds.
+    pub at: i64,
+    /// The greeting it carried (empty when it came over MSNP).
+    pub greeting: String,
+}
+
 /// An atomic change to one row: `bits = (bits | set) & !clear`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactUpdate {
@@ -298,6 +309,15 @@ pub trait Storage: Send + Sync + 'static {
     async fn presence_watchers(&self, account: &AccountName) -> StorageResult<Vec<AccountName>>;
     /// Accounts whose presence `account` may see (the other direction of [`Storage::presence_watchers`]).
     async fn presence_visible(&self, account: &AccountName) -> StorageResult<Vec<AccountName>>;
+    /// Keeps the greeting of `sender`'s contact request to `owner`, replacing an earlier one.
+    async fn set_request_greeting(
+        &self,
+        owner: &AccountName,
+        sender: &AccountName,
+        greeting: &str,
+    ) -> StorageResult<()>;
+    /// The contact requests `owner` has not answered, oldest first.
+    async fn pending_requests(&self, owner: &AccountName) -> StorageResult<Vec<PendingRequest>>;
     /// Whether either account blocks the other (messaging uses this to drop messages silently).
     async fn is_blocked(&self, a: &AccountName, b: &AccountName) -> StorageResult<bool>;
     /// Records an endpoint's acknowledgement.

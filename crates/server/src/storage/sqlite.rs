@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
-    NewMessage, ProfileUpdate, RecentPosition, Setting, SettingScope, SpamReport, Storage,
-    StorageError, StorageResult, StoredMessage,
+    NewMessage, PendingRequest, ProfileUpdate, RecentPosition, Setting, SettingScope, SpamReport,
+    Storage, StorageError, StorageResult, StoredMessage,
 };
 
 /// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are
@@ -915,6 +915,45 @@ impl Storage for SqliteStorage {
                     reporter_epid: row.try_get("reporter_epid")?,
                     reported: row.try_get("reported")?,
                     reported_at: row.try_get("reported_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_request_greeting(
+        &self,
+        owner: &AccountName,
+        sender: &AccountName,
+        greeting: &str,
+    ) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO request_greetings (owner, sender, greeting) VALUES (?, ?, ?) \
+             ON CONFLICT (owner, sender) DO UPDATE SET greeting = excluded.greeting",
+        )
+        .bind(owner.as_str())
+        .bind(sender.as_str())
+        .bind(greeting)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn pending_requests(&self, owner: &AccountName) -> StorageResult<Vec<PendingRequest>> {
+        let rows = sqlx::query(
+            "SELECT c.contact, c.updated_at, COALESCE(g.greeting, '') AS greeting FROM contacts c \
+             LEFT JOIN request_greetings g ON g.owner = c.owner AND g.sender = c.contact \
+             WHERE c.owner = ? AND (c.bits & ?) != 0 ORDER BY c.updated_at, c.contact",
+        )
+        .bind(owner.as_str())
+        .bind(i64::from(list_bits::PENDING))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingRequest {
+                    sender: stored_name(&r.try_get::<String, _>(0)?)?,
+                    at: r.try_get(1)?,
+                    greeting: r.try_get(2)?,
                 })
             })
             .collect()

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 
 use crate::state::{AppState, TokenRefusal};
 use crate::storage::Account;
 use crate::tokens::TokenKind;
 
+pub mod contacts;
 pub mod oauth;
 pub mod profile;
 pub mod skypetoken;
@@ -28,6 +29,26 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/login/skypetoken", post(skypetoken::from_password_hash))
         .route("/users/self/profile", get(profile::own))
         .route("/users/{name}/profile/public", get(profile::public))
+        .route("/contacts/v2/users/{name}/contacts", get(contacts::list))
+        .route("/users/self/contacts/auth-request", get(contacts::requests))
+        .route(
+            "/users/self/contacts/auth-request/{name}",
+            put(contacts::request),
+        )
+        .route(
+            "/users/self/contacts/auth-request/{name}/accept",
+            put(contacts::accept),
+        )
+        .route(
+            "/users/self/contacts/auth-request/{name}/decline",
+            put(contacts::decline),
+        )
+        .route("/users/self/contacts/{name}/block", put(contacts::block))
+        .route(
+            "/users/self/contacts/{name}/unblock",
+            put(contacts::unblock),
+        )
+        .route("/users/self/contacts/{name}", delete(contacts::remove))
 }
 
 /// The host name the client used, safe to echo into a URL, HTML and JavaScript.
