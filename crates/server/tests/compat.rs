@@ -208,6 +208,19 @@ async fn whole_login_chain_then_msnp_over_tls() {
         assert_eq!(public["displayname"], "Alice Liddell");
         assert_eq!(public["firstname"], "Alice");
         assert_eq!(public["lastname"], "Liddell");
+        // Contacts, the last HTTPS step before MSNP: nobody yet.
+        let (status, contacts) = json(
+            http.get(format!(
+                "https://contacts.skype.com:{port}/contacts/v2/users/{account}/contacts"
+            ))
+            .header("X-Skypetoken", &skype)
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(contacts, serde_json::json!({"contacts": []}));
         // MSNP over TLS with the access token as `t=…` and `<uic>null</uic>`.
         let ca = std::fs::read(t.server().ca_cert_path.as_ref().unwrap()).unwrap();
         let mut c = Client::connect_tls(
