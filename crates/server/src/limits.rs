@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Instant;
 
+use crate::ratelimit::TokenBucket;
+
 /// Counts open connections per client address.
 #[derive(Debug, Default)]
 pub struct ConnectionLimiter {
@@ -69,24 +71,27 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A token bucket: `burst` frames at once, refilled at `per_sec` frames per second.
+/// Frames per second of one connection: `burst` frames at once, refilled at `per_sec` per second.
 #[derive(Debug, Clone)]
 pub struct FrameRate {
     per_sec: f64,
     burst: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
 }
 
 impl FrameRate {
     /// A full bucket; `per_sec` 0 turns the limit off.
     pub fn new(per_sec: u32, burst: u32) -> FrameRate {
+        FrameRate::new_at(per_sec, burst, Instant::now())
+    }
+
+    /// [`FrameRate::new`] at a given moment (tests step time from it).
+    pub fn new_at(per_sec: u32, burst: u32, now: Instant) -> FrameRate {
         let burst = f64::from(burst.max(1));
         FrameRate {
             per_sec: f64::from(per_sec),
             burst,
-            tokens: burst,
-            last: Instant::now(),
+            bucket: TokenBucket::full(burst, now),
         }
     }
 
@@ -97,18 +102,7 @@ impl FrameRate {
 
     /// [`FrameRate::allow`] at a given moment (tests use it to step time).
     pub fn allow_at(&mut self, now: Instant) -> bool {
-        if self.per_sec == 0.0 {
-            return true;
-        }
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = self.last.max(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.per_sec == 0.0 || self.bucket.take(now, self.per_sec, self.burst)
     }
 }
 
@@ -136,8 +130,8 @@ mod tests {
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate() {
-        let mut r = FrameRate::new(10, 5);
-        let t0 = r.last;
+        let t0 = Instant::now();
+        let mut r = FrameRate::new_at(10, 5, t0);
         assert_eq!((0..20).filter(|_| r.allow_at(t0)).count(), 5);
         let t1 = t0 + std::time::Duration::from_millis(500);
         assert_eq!((0..20).filter(|_| r.allow_at(t1)).count(), 5);

@@ -1,4 +1,5 @@
-//! Per-account send rate (§9 `803`): a token bucket per account, shared by its endpoints.
+//! Rate limits (§9 `803`): the token bucket every limit uses, and the per-account send rate shared
+//! by an account's endpoints.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,16 +12,44 @@ use crate::config::SendRateConfig;
 /// Accounts tracked before idle (full) buckets are forgotten.
 const PRUNE_ABOVE: usize = 10_000;
 
+/// A token bucket: at most `burst` tokens, refilled at `rate` tokens per second.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct TokenBucket {
     tokens: f64,
     at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn full(burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// The tokens it holds at `now`.
+    pub fn level(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst)
+    }
+
+    /// Refills for the time passed and takes one token; false when there is none.
+    pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens = self.level(now, rate, burst);
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Token buckets of every account that sent recently.
 pub struct SendLimiter {
     config: SendRateConfig,
-    buckets: Mutex<HashMap<AccountName, Bucket>>,
+    buckets: Mutex<HashMap<AccountName, TokenBucket>>,
 }
 
 impl SendLimiter {
@@ -47,20 +76,11 @@ impl SendLimiter {
         // Nothing panics while holding this lock; recover rather than poison every sender.
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > PRUNE_ABOVE {
-            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            map.retain(|_, b| b.level(now, rate, burst) < burst);
         }
-        let b = map.entry(account.clone()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        map.entry(account.clone())
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(now, rate, burst)
     }
 }
 

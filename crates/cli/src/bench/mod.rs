@@ -145,6 +145,11 @@ impl Report {
     }
 }
 
+/// CPU seconds the server used between two readings.
+fn cpu_used(before: Option<Usage>, after: Option<Usage>) -> Option<f64> {
+    Some(after?.cpu_secs - before?.cpu_secs)
+}
+
 fn histogram() -> Histogram<u64> {
     // Microseconds up to an hour, three significant figures.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -392,10 +397,7 @@ async fn reconnect(
         latency_ms: Latency::of(&hist),
         server_before: before,
         server_after: after,
-        server_cpu_secs: match (before, after) {
-            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
-            _ => None,
-        },
+        server_cpu_secs: cpu_used(before, after),
         extra: serde_json::Value::Null,
         notes: vec!["each handshake: TCP (and TLS) connect, pipelined CNT/ATH/BND with an existing token, OUT".into()],
     })
@@ -472,10 +474,7 @@ async fn login(args: &TargetArgs, concurrency: usize, count: usize) -> anyhow::R
         latency_ms: Latency::of(&hist),
         server_before: before,
         server_after: after,
-        server_cpu_secs: match (before, after) {
-            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
-            _ => None,
-        },
+        server_cpu_secs: cpu_used(before, after),
         extra: serde_json::json!({"argon2": "argon2id m=19456 KiB, t=2, p=1"}),
         notes: vec![
             "each login: POST /login (argon2 check), then CNT/ATH/BND, subscriptions, OUT".into(),
@@ -596,10 +595,7 @@ async fn relay(
         latency_ms: Latency::of(&delivery),
         server_before: before,
         server_after: after,
-        server_cpu_secs: match (before, after) {
-            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
-            _ => None,
-        },
+        server_cpu_secs: cpu_used(before, after),
         extra: serde_json::json!({"store_ack_latency_ms": Latency::of(&ack)}),
         notes: vec!["operations = SDGs answered (durably stored); latency = send to delivery at the receiver".into()],
     })
