@@ -328,6 +328,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(t) = args.idle_timeout {
         config.idle_timeout_secs = t;
     }
+    // Every connection is a file descriptor: take the soft limit up to the hard one, as servers
+    // that hold many connections do (docs/tuning.md explains raising the hard limit).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     let server = Server::start(config).await?;
     // One line for scripts; written without panicking if whoever started us closed stdout.
     let ca = server
