@@ -644,3 +644,34 @@ fn sigterm_during_traffic_loses_no_acknowledged_message() {
     let lost: Vec<&String> = acked.iter().filter(|m| !stored.contains(*m)).collect();
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
 }
+
+#[test]
+fn bench_scenarios_run_and_count_what_they_did() {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run(&[&["bench"], args, &["--json"]].concat());
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let idle = json(&["idle", "--clients", "25", "--hold-secs", "0"]);
+    assert_eq!(idle["extra"]["bound_endpoints"], 25);
+    assert_eq!(idle["errors"], 0);
+    assert!(idle["server_after"]["rss_kib"].as_u64().unwrap() > 0);
+    let relay = json(&["relay", "--pairs", "2", "--duration-secs", "1"]);
+    assert_eq!(relay["errors"], 0);
+    assert!(relay["operations"].as_u64().unwrap() > 0);
+    assert!(
+        relay["latency_ms"]["samples"].as_u64().unwrap() > 0,
+        "receivers saw the messages"
+    );
+    let reconnect = json(&[
+        "reconnect",
+        "--concurrency",
+        "2",
+        "--duration-secs",
+        "1",
+        "--tls",
+    ]);
+    assert_eq!(reconnect["errors"], 0);
+    assert_eq!(reconnect["transport"], "tls");
+    assert!(reconnect["operations"].as_u64().unwrap() > 0);
+}

@@ -13,34 +13,35 @@ use msnp24_server::accounts;
 use msnp24_server::storage::Storage;
 use msnp24_server::tokens::{Claims, TokenKind, TokenSigner};
 
-/// Options shared by every scenario.
+/// Options shared by every scenario (accepted before or after the scenario's name).
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
     /// Benchmark a running server at this MSNP address instead of starting one (needs --data-dir
-    /// of that server, to create accounts and tokens, and --server-pid for its memory and CPU).
-    #[arg(long)]
+    /// of that server, to create accounts and tokens, and --server-pid for its memory and CPU; its
+    /// configuration must lift `max_connections_per_ip`, `frames_per_sec` and `[send_rate]`).
+    #[arg(long, global = true)]
     pub server: Option<SocketAddr>,
     /// The running server's MSNP-over-TLS address (with --server and --tls).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub tls_server: Option<SocketAddr>,
     /// The running server's HTTP base URL (with --server).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub http: Option<String>,
     /// Data directory: of the running server, or where the started one keeps its files
     /// (default: a fresh temporary directory).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// PID of the running server, for its RSS and CPU.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub server_pid: Option<u32>,
     /// Connect over TLS.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub tls: bool,
     /// How many 127.0.0.x source addresses to spread connections over (0: one per 20,000).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, global = true)]
     pub sources: usize,
     /// Print the result as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -109,9 +110,18 @@ impl Target {
             });
         }
         let (msnp, tls, http, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        // A load test is abusive by design: lift the per-address, per-connection and per-account
+        // limits that protect a real server from exactly this.
+        let config = data_dir.join("bench.toml");
+        std::fs::write(
+            &config,
+            "max_connections_per_ip = 0\nframes_per_sec = 0\n\n[send_rate]\nper_second = 0.0\n",
+        )?;
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", &format!("127.0.0.1:{msnp}")])
