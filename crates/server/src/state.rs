@@ -44,6 +44,8 @@ pub struct AppState {
     pub presence: Arc<PresenceService>,
     /// Per-account `SDG` rate.
     pub send_limiter: SendLimiter,
+    /// One lock per thread, so its members see its changes and messages in one order.
+    pub thread_locks: crate::threads::ThreadLocks,
     next_conn: AtomicU64,
 }
 
@@ -70,6 +72,7 @@ impl AppState {
             throttle,
             presence,
             send_limiter,
+            thread_locks: crate::threads::ThreadLocks::default(),
             next_conn: AtomicU64::new(1),
         }
     }

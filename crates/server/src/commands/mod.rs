@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod messaging;
 pub mod presence;
 pub mod subscriptions;
+pub mod threads;
 
 /// A request refused with an error frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +110,9 @@ pub async fn dispatch(
         }
         ("GET", "MSGR\\CONVERSATIONS") => conversations::get(s, frame, payload, out).await,
         ("PUT", "MSGR\\CONVERSATION") => conversations::put(s, frame, payload, out).await,
+        ("PUT", "MSGR\\THREAD") => threads::put(s, frame, payload, out).await,
+        ("DEL", "MSGR\\THREAD") => threads::del(s, frame, payload, out).await,
+        ("GET", "MSGR\\THREADS") => threads::get(s, frame, payload, out).await,
         _ => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             format!("unknown command {} {}", frame.cmd, frame.target),
