@@ -160,8 +160,9 @@ fn next_version(t: &ThreadRecord, now_ms: i64) -> i64 {
     now_ms.max(t.version.saturating_add(1))
 }
 
-/// A thread always has an admin while it has members: the longest-standing member is promoted.
-fn keep_an_admin(plan: &mut Plan) {
+/// A thread always has an admin while it has members: the longest-standing member is promoted
+/// (an admin who demoted itself, being the longest-standing, simply stays admin).
+fn keep_an_admin(plan: &mut Plan, before: &ThreadRecord) {
     let t = &mut plan.thread;
     if t.members.iter().any(|m| m.role == ADMIN) {
         return;
@@ -170,7 +171,9 @@ fn keep_an_admin(plan: &mut Plan) {
         first.role = ADMIN.to_string();
         let who = first.account.clone();
         plan.roles.retain(|(n, _)| n != &who);
-        plan.roles.push((who, ADMIN));
+        if role_of(before, &who) != Some(ADMIN) {
+            plan.roles.push((who, ADMIN));
+        }
     }
 }
 
@@ -256,7 +259,7 @@ pub fn plan_put(
             plan.topic = Some(topic.to_string());
         }
     }
-    keep_an_admin(&mut plan);
+    keep_an_admin(&mut plan, current);
     Ok(plan)
 }
 
@@ -289,7 +292,7 @@ pub fn plan_del(
     if !plan.removed.is_empty() {
         plan.thread.version = next_version(current, now_ms);
     }
-    keep_an_admin(&mut plan);
+    keep_an_admin(&mut plan, current);
     Ok(plan)
 }
 
@@ -412,6 +415,17 @@ mod tests {
             plan_put(&t, false, &carol, &[], Some("x"), 20),
             Err(RuleError::Forbidden(_))
         ));
+        // The only admin demoting itself stays admin: nothing changes.
+        let p = plan_put(
+            &t,
+            false,
+            &n("alice"),
+            &[(n("alice"), Some(USER))],
+            None,
+            20,
+        )
+        .unwrap();
+        assert!(p.is_noop());
     }
 
     #[test]
