@@ -554,13 +554,20 @@ impl Storage for SqliteStorage {
     }
 
     async fn remove_account(&self, name: &AccountName) -> StorageResult<bool> {
-        // The other parties keep the messages; the account's own view of them goes with it.
+        // The other parties keep the messages; the account's own view of them goes with it, and so
+        // do its thread memberships (a name taken again must not inherit them). A thread left
+        // without an admin gets one at its next change; one left empty is no longer found.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM accounts WHERE name = ?")
             .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
-        for table in ["conversations", "conversation_properties", "message_acks"] {
+        for table in [
+            "conversations",
+            "conversation_properties",
+            "message_acks",
+            "thread_members",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE account = ?"))
                 .bind(name.as_str())
                 .execute(&mut *tx)
@@ -825,10 +832,13 @@ impl Storage for SqliteStorage {
     }
 
     async fn thread(&self, id: &str) -> StorageResult<Option<ThreadRecord>> {
-        let Some(row) = sqlx::query("SELECT * FROM threads WHERE id = ? AND closed = 0")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
+        let Some(row) = sqlx::query(
+            "SELECT * FROM threads t WHERE t.id = ? AND t.closed = 0
+               AND EXISTS (SELECT 1 FROM thread_members m WHERE m.thread = t.id)",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
