@@ -239,6 +239,27 @@ struct ClientArgs {
     /// Publish this mood (with --status, or NLN).
     #[arg(long)]
     mood: Option<String>,
+    /// Create a group chat with these members (comma-separated names); prints its id and acts on it.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    create_group: Option<Vec<String>>,
+    /// The group chat (`19:…@thread.skype`) the group flags act on.
+    #[arg(long, value_name = "ID")]
+    group: Option<String>,
+    /// Add a member to the group (admins only). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    add_member: Vec<String>,
+    /// Remove a member from the group (admins only). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    remove_member: Vec<String>,
+    /// Set the group's topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Send this text to the group.
+    #[arg(long, value_name = "TEXT")]
+    group_message: Option<String>,
+    /// Leave the group (after everything else).
+    #[arg(long)]
+    leave: bool,
     /// List recent conversations (each with its last message), then continue.
     #[arg(long)]
     recent: bool,
@@ -673,6 +694,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
             .and_then(|p| p.headers.get("Message-ID").map(str::to_string));
         println!("sent to {to} (Message-ID {})", id.unwrap_or_default());
     }
+    group_actions(&client, &args).await?;
     if args.recent {
         print_recent(&client, args.pagesize).await?;
     }
@@ -707,6 +729,55 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         print_event(&frame);
     }
     client.sign_out().await?;
+    Ok(())
+}
+
+/// Applies the group-chat flags of `msnp24 client` in order: create, add, remove, topic, send, leave.
+async fn group_actions(client: &msnp24_client::Client, args: &ClientArgs) -> anyhow::Result<()> {
+    let mut group = args.group.clone();
+    if let Some(members) = &args.create_group {
+        let refs: Vec<&str> = members
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+            .collect();
+        let id = client.create_thread(&refs, args.topic.as_deref()).await?;
+        println!("created group {id}");
+        group = Some(id);
+    }
+    let wants = !args.add_member.is_empty()
+        || !args.remove_member.is_empty()
+        || (args.topic.is_some() && args.create_group.is_none())
+        || args.group_message.is_some()
+        || args.leave;
+    let Some(id) = group else {
+        if wants {
+            bail!("the group flags need --group ID or --create-group");
+        }
+        return Ok(());
+    };
+    for m in &args.add_member {
+        client
+            .add_thread_members(&id, &[(m.as_str(), "user")])
+            .await?;
+        println!("added {m} to {id}");
+    }
+    for m in &args.remove_member {
+        client.remove_thread_members(&id, &[m.as_str()]).await?;
+        println!("removed {m} from {id}");
+    }
+    if let (Some(topic), None) = (&args.topic, &args.create_group) {
+        client.set_thread_topic(&id, topic).await?;
+        println!("topic of {id}: {topic}");
+    }
+    if let Some(text) = &args.group_message {
+        msnp24_client::expect_ok(client.send_text(&id, text).await?)?;
+        println!("sent to {id}");
+    }
+    if args.leave {
+        client.leave_thread(&id).await?;
+        println!("left {id}");
+    }
     Ok(())
 }
 

@@ -675,3 +675,75 @@ fn bench_scenarios_run_and_count_what_they_did() {
     assert_eq!(reconnect["transport"], "tls");
     assert!(reconnect["operations"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_group_chat_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for name in ["alice", "bob", "carol"] {
+        assert!(run(&[
+            "user",
+            "add",
+            name,
+            "--password",
+            "secret1",
+            "--data-dir",
+            d
+        ])
+        .status
+        .success());
+    }
+    let (_server, msnp, http) = serve(dir.path());
+    let server = format!("127.0.0.1:{msnp}");
+    let http = format!("http://127.0.0.1:{http}");
+    let client = |user: &str, extra: &[&str]| -> Output {
+        let mut args: Vec<String> = [
+            "client",
+            "--server",
+            &server,
+            "--http",
+            &http,
+            "--user",
+            user,
+            "--password",
+            "secret1",
+            "--no-listen",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out
+    };
+    let out = client(
+        "alice",
+        &[
+            "--create-group",
+            "bob",
+            "--topic",
+            "plans",
+            "--add-member",
+            "carol",
+            "--group-message",
+            "hello group",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("created group "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    assert!(
+        stdout.contains(&format!("added carol to {id}\nsent to {id}\n")),
+        "{stdout}"
+    );
+    let out = client("alice", &["--group", &id, "--remove-member", "bob"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("removed bob from {id}")));
+    let out = client("carol", &["--group", &id, "--leave", "--history", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("left {id}")), "{stdout}");
+    assert!(stdout.contains("hello group"), "{stdout}");
+}

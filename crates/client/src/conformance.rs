@@ -3,6 +3,7 @@
 
 use msnp24_proto::xml::contacts::ContactList;
 use msnp24_proto::xml::presence_doc::UserDoc;
+use msnp24_proto::xml::thread::{RoleUpdate, Thread};
 use msnp24_proto::{FormattedMessage, Frame, Mri};
 
 /// The error codes of §9; anything else is unknown to clients.
@@ -54,7 +55,11 @@ pub fn check_frame(frame: &Frame) -> Result<(), String> {
                 .unwrap_or(&frame.payload);
             ContactList::parse(body).map_err(|e| format!("NFY MSGR\\CONTACTS body: {e}"))?;
         }
+        ("NFY", "MSGR\\THREAD") => check_thread(frame)?,
         _ => {}
+    }
+    if frame.cmd == "SDG" {
+        check_activity(frame)?;
     }
     if frame.cmd == "SDG" || frame.cmd == "NFY" {
         if let Ok((_, m)) = FormattedMessage::parse_payload(&frame.payload) {
@@ -65,6 +70,62 @@ pub fn check_frame(frame: &Frame) -> Result<(), String> {
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+fn is_thread(addr: Option<&str>) -> bool {
+    addr.and_then(|a| Mri::parse(a).ok())
+        .is_some_and(|m| m.epid.is_none() && m.is_valid_thread())
+}
+
+/// §7: the whole thread, with `<topic>` present and roles only `admin` or `user` (§0.6).
+fn check_thread(frame: &Frame) -> Result<(), String> {
+    let body = frame
+        .payload
+        .strip_prefix(b"\r\n")
+        .unwrap_or(&frame.payload);
+    let t = Thread::parse(body).map_err(|e| format!("NFY MSGR\\THREAD body: {e}"))?;
+    if !is_thread(Some(&t.id)) {
+        return Err(format!("NFY MSGR\\THREAD names {:?}, not a thread", t.id));
+    }
+    if t.version.is_none() || t.topic.is_none() || t.creator.is_none() {
+        return Err("NFY MSGR\\THREAD lacks version, topic or creator".into());
+    }
+    for m in &t.members {
+        if !matches!(m.role.as_deref(), Some("admin" | "user")) {
+            return Err(format!("thread member role {:?}", m.role));
+        }
+    }
+    Ok(())
+}
+
+/// §0.6: `ThreadActivity/*` comes from the thread, to the thread, and names only the two roles.
+fn check_activity(frame: &Frame) -> Result<(), String> {
+    let Ok((_, m)) = FormattedMessage::parse_payload(&frame.payload) else {
+        return Ok(());
+    };
+    let Some(kind) = m.message_type() else {
+        return Ok(());
+    };
+    if !kind.starts_with("ThreadActivity/") {
+        return Ok(());
+    }
+    if !is_thread(m.from()) || m.from() != m.to() {
+        return Err(format!(
+            "{kind} from {:?} to {:?}: activity comes from the thread",
+            m.from(),
+            m.to()
+        ));
+    }
+    if kind == "ThreadActivity/RoleUpdate" {
+        let r = RoleUpdate::parse(&m.body).map_err(|e| format!("{kind} body: {e}"))?;
+        if r.targets
+            .iter()
+            .any(|(_, role)| role != "admin" && role != "user")
+        {
+            return Err(format!("{kind} names a role other than admin or user"));
         }
     }
     Ok(())
@@ -175,7 +236,7 @@ mod tests {
             "MSGR\\THREAD",
             b"\r\n<thread/>".to_vec()
         ))
-        .is_ok());
+        .is_err());
         assert!(check_frame(&Frame::new("PUT", 3, "MSGR", Vec::new())).is_err());
         assert!(check_frame(&Frame::new("PUT", 3, "MSGR", b"X1: y\r\n\r\n".to_vec())).is_err());
         assert!(check_frame(&Frame::new("PUT", 3, "MSGR", b"X: \r\n\r\n".to_vec())).is_err());
@@ -222,5 +283,39 @@ mod tests {
             b"\r\n<x/>".to_vec()
         ))
         .is_err());
+    }
+
+    #[test]
+    fn thread_rules() {
+        let t = "19:0123456789abcdef0123456789abcdef@thread.skype";
+        let full = format!("\r\n<thread><id>{t}</id><version>1</version><capabilities>2047</capabilities><properties><topic></topic><creator>8:alice</creator></properties><members><member><mri>8:alice</mri><role>admin</role></member></members></thread>");
+        assert!(check_frame(&Frame::new(
+            "NFY",
+            0,
+            "MSGR\\THREAD",
+            full.clone().into_bytes()
+        ))
+        .is_ok());
+        let owner = full.replace("<role>admin</role>", "<role>owner</role>");
+        assert!(check_frame(&Frame::new("NFY", 0, "MSGR\\THREAD", owner.into_bytes())).is_err());
+        let no_topic = full.replace("<topic></topic>", "");
+        assert!(check_frame(&Frame::new("NFY", 0, "MSGR\\THREAD", no_topic.into_bytes())).is_err());
+        let sdg = |from: &str, kind: &str, body: &str| {
+            let mut m =
+                FormattedMessage::new(t, from, ("Messaging", "2.0"), body.as_bytes().to_vec());
+            m.content.push("Message-Type", kind);
+            Frame::new(
+                "SDG",
+                0,
+                "MSGR",
+                m.to_payload(&msnp24_proto::Headers::new()),
+            )
+        };
+        let add = "<addmember><eventtime>1</eventtime><initiator>8:alice</initiator><target>8:bob</target></addmember>";
+        assert!(check_frame(&sdg(t, "ThreadActivity/AddMember", add)).is_ok());
+        assert!(check_frame(&sdg("8:alice", "ThreadActivity/AddMember", add)).is_err());
+        assert!(check_frame(&sdg("8:alice", "Text", "hi")).is_ok());
+        let role = "<roleupdate><eventtime>1</eventtime><initiator>8:alice</initiator><target><id>8:bob</id><role>owner</role></target></roleupdate>";
+        assert!(check_frame(&sdg(t, "ThreadActivity/RoleUpdate", role)).is_err());
     }
 }

@@ -477,6 +477,133 @@ impl Client {
         Ok(())
     }
 
+    /// Sends `PUT` or `DEL` `MSGR\THREAD` with this body and returns the reply (maybe an error frame).
+    pub async fn thread_request(
+        &self,
+        cmd: &str,
+        thread: &xml::thread::Thread,
+    ) -> anyhow::Result<Frame> {
+        self.request(cmd, "MSGR\\THREAD", self.payload(thread.to_xml()))
+            .await
+    }
+
+    /// `PUT MSGR\THREAD` that must succeed; returns the thread id of the reply.
+    async fn thread_ok(&self, cmd: &str, thread: xml::thread::Thread) -> anyhow::Result<String> {
+        let reply = expect_ok(self.thread_request(cmd, &thread).await?)?;
+        let body = reply
+            .parse_payload()
+            .map_err(|e| anyhow!("bad reply payload: {e}"))?
+            .body;
+        Ok(xml::thread::Thread::parse(&body)?.id)
+    }
+
+    /// Creates a group chat with these members (names or addresses; this account is its admin)
+    /// and optionally a topic; returns its id (`19:…@thread.skype`).
+    pub async fn create_thread(
+        &self,
+        members: &[&str],
+        topic: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let mut list = vec![xml::thread::Member {
+            mri: format!("8:{}", self.account),
+            role: Some("admin".into()),
+        }];
+        list.extend(members.iter().map(|m| xml::thread::Member {
+            mri: mri_of(m),
+            role: Some("user".into()),
+        }));
+        self.thread_ok(
+            "PUT",
+            xml::thread::Thread {
+                members: list,
+                topic: topic.map(str::to_string),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Adds members to a thread, or changes their role: `(name or address, "admin" | "user")`.
+    pub async fn add_thread_members(
+        &self,
+        thread: &str,
+        members: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let members = members
+            .iter()
+            .map(|(m, role)| xml::thread::Member {
+                mri: mri_of(m),
+                role: Some(role.to_string()),
+            })
+            .collect();
+        self.thread_ok(
+            "PUT",
+            xml::thread::Thread {
+                id: thread.to_string(),
+                members,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sets a thread's topic.
+    pub async fn set_thread_topic(&self, thread: &str, topic: &str) -> anyhow::Result<()> {
+        self.thread_ok(
+            "PUT",
+            xml::thread::Thread {
+                id: thread.to_string(),
+                topic: Some(topic.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes members from a thread (`DEL MSGR\THREAD`); naming oneself leaves it.
+    pub async fn remove_thread_members(
+        &self,
+        thread: &str,
+        members: &[&str],
+    ) -> anyhow::Result<()> {
+        let members = members
+            .iter()
+            .map(|m| xml::thread::Member {
+                mri: mri_of(m),
+                role: None,
+            })
+            .collect();
+        self.thread_ok(
+            "DEL",
+            xml::thread::Thread {
+                id: thread.to_string(),
+                members,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Leaves a thread.
+    pub async fn leave_thread(&self, thread: &str) -> anyhow::Result<()> {
+        let me = self.account.clone();
+        self.remove_thread_members(thread, &[me.as_str()]).await
+    }
+
+    /// `GET MSGR\THREADS`: the full description of each of these threads this account is in.
+    pub async fn threads(&self, ids: &[&str]) -> anyhow::Result<xml::thread::ThreadsResponse> {
+        let query = xml::thread::ThreadsQuery {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        let body = self
+            .xml_request("GET", "MSGR\\THREADS", query.to_xml())
+            .await?;
+        Ok(xml::thread::ThreadsResponse::parse(&body)?)
+    }
+
     /// This endpoint's address, `8:name;epid={…}`.
     pub fn address(&self) -> String {
         format!(
@@ -793,6 +920,15 @@ impl std::fmt::Display for Event {
                 frame.payload_lossy().trim_end()
             ),
         }
+    }
+}
+
+/// An address from a name (`bob` → `8:bob`); addresses are kept as they are.
+pub fn mri_of(name: &str) -> String {
+    if name.contains(':') && !name.starts_with("live:") {
+        name.to_string()
+    } else {
+        format!("8:{}", name.to_ascii_lowercase())
     }
 }
 

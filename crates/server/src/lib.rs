@@ -15,6 +15,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod storage;
+pub mod threads;
 pub mod tokens;
 pub mod transport;
 

@@ -47,6 +47,8 @@ pub struct AppState {
     pub send_limiter: SendLimiter,
     /// Open connections per client address.
     pub connections: ConnectionLimiter,
+    /// One lock per thread, so its members see its changes and messages in one order.
+    pub thread_locks: crate::threads::ThreadLocks,
     next_conn: AtomicU64,
 }
 
@@ -75,6 +77,7 @@ impl AppState {
             throttle,
             presence,
             send_limiter,
+            thread_locks: crate::threads::ThreadLocks::default(),
             next_conn: AtomicU64::new(1),
         }
     }

@@ -117,7 +117,7 @@ pub fn history_message(m: &StoredMessage) -> HistoryMessage {
 fn conversation_xml(c: ConversationSummary) -> Conversation {
     let thread = c.id.starts_with("19:").then(|| ThreadRef {
         id: c.id.clone(),
-        last_leave_at: None,
+        last_leave_at: c.left_at.and_then(|l| u64::try_from(l).ok()),
     });
     Conversation {
         version: u64::try_from(c.version).unwrap_or(0),

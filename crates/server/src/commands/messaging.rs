@@ -37,7 +37,7 @@ pub fn iso_time(ms: i64) -> String {
 /// The content block delivered to recipients as §5 shows it: `Messaging`, the server's
 /// `Message-ID`, the client's `Client-Message-ID`, the client's other headers in order, then the
 /// server's delivery headers before `Content-Type`.
-fn delivered_content(client: &Headers, message_id: i64, arrival_ms: i64) -> Headers {
+pub(crate) fn delivered_content(client: &Headers, message_id: i64, arrival_ms: i64) -> Headers {
     let mut out = Headers::new();
     let mut lines = client.iter();
     if let Some((kind, ver)) = lines.next() {
@@ -79,10 +79,6 @@ async fn recipient_account(s: &Session, to: &Mri) -> Result<AccountName, Refusal
             .map_err(internal)?
             .map(|a| a.name)
             .ok_or_else(unknown),
-        Network::Thread => Err(Refusal::new(
-            ErrorCode::UnknownCommand,
-            "group chats are not available on this server yet",
-        )),
         _ => Err(unknown()),
     }
 }
@@ -113,6 +109,9 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
         .to()
         .and_then(|t| Mri::parse(t).ok())
         .ok_or_else(|| Refusal::new(ErrorCode::InvalidParameter, "bad To address"))?;
+    if to.network == Network::Thread {
+        return super::threads::sdg(s, frame, &bound, msg, &to, out).await;
+    }
     let recipient = recipient_account(s, &to).await?;
     if recipient != bound.account
         && s.state
@@ -246,7 +245,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
 }
 
 /// Puts `Message-ID` first in a reply's header block.
-fn with_message_id(mut reply: Frame, message_id: i64) -> Frame {
+pub(crate) fn with_message_id(mut reply: Frame, message_id: i64) -> Frame {
     let mut payload = Payload::parse(&reply.payload).unwrap_or_default();
     let mut headers = Headers::new().with("Message-ID", message_id.to_string());
     headers.0.extend(payload.headers.0);

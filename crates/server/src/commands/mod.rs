@@ -16,6 +16,7 @@ pub mod messaging;
 pub mod misc;
 pub mod presence;
 pub mod subscriptions;
+pub mod threads;
 
 /// A request refused with an error frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +117,9 @@ pub async fn dispatch(
         ("PUT", "MSGR\\OPTIONS") => misc::options(s, frame, payload, out).await,
         ("PUT", "MSGR\\NETWORKS") => misc::networks(s, frame, payload, out).await,
         ("PUT", "MSGR\\REPORTSPAM") => misc::report_spam(s, frame, payload, out).await,
+        ("PUT", "MSGR\\THREAD") => threads::put(s, frame, payload, out).await,
+        ("DEL", "MSGR\\THREAD") => threads::del(s, frame, payload, out).await,
+        ("GET", "MSGR\\THREADS") => threads::get(s, frame, payload, out).await,
         _ => Err(Refusal::new(
             ErrorCode::UnknownCommand,
             format!("unknown command {} {}", frame.cmd, frame.target),

@@ -180,6 +180,8 @@ pub struct ConversationSummary {
     pub version: i64,
     /// Messages older than this (ms) are not this account's.
     pub history_from: i64,
+    /// For a thread the account has left: the id of the message that removed it (ms).
+    pub left_at: Option<i64>,
     /// Properties set with `PUT MSGR\CONVERSATION`, in the order first set.
     pub properties: Vec<(String, String)>,
     /// The newest message this account may see.
@@ -208,6 +210,46 @@ pub struct AckRecord {
     pub message: Option<(String, i64)>,
     /// When, unix ms.
     pub acked_ms: i64,
+}
+
+/// One member of a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadMember {
+    /// The account.
+    pub account: AccountName,
+    /// `admin` or `user`.
+    pub role: String,
+    /// When it joined, ms.
+    pub joined_ms: i64,
+}
+
+/// A group chat as stored: what `NFY MSGR\THREAD` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadRecord {
+    /// `19:<32 hex>@thread.skype`.
+    pub id: String,
+    /// The creator's address, `8:name`.
+    pub creator: String,
+    /// The topic, empty when none was set.
+    pub topic: String,
+    /// Time of the last change, ms.
+    pub version: i64,
+    /// Members, longest-standing first (empty once the thread is closed).
+    pub members: Vec<ThreadMember>,
+}
+
+/// One change of a thread, applied in one transaction: its new state, who joined and who left,
+/// and the activity messages that record it (each with its own participants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadChange {
+    /// The thread after the change; no members closes it.
+    pub thread: ThreadRecord,
+    /// Accounts that joined: their history of the thread starts now.
+    pub joined: Vec<AccountName>,
+    /// Accounts that left: their history ends with the last activity message they take part in.
+    pub left: Vec<AccountName>,
+    /// `ThreadActivity/*` messages, stored in order.
+    pub activity: Vec<NewMessage>,
 }
 
 /// The conversation key of a one-to-one exchange: both addresses in sorted order.
@@ -365,4 +407,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn add_spam_reports(&self, reports: &[SpamReport]) -> StorageResult<()>;
     /// Every spam report, oldest first.
     async fn spam_reports(&self) -> StorageResult<Vec<SpamReport>>;
+    /// An open thread (one with members), if there is one with this id.
+    async fn thread(&self, id: &str) -> StorageResult<Option<ThreadRecord>>;
+    /// Applies a thread change, its membership and its activity messages in one transaction;
+    /// returns the stored activity messages in order.
+    async fn apply_thread_change(&self, change: ThreadChange) -> StorageResult<Vec<StoredMessage>>;
 }

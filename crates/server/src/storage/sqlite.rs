@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
     NewMessage, PendingRequest, ProfileUpdate, RecentPosition, Setting, SettingScope, SpamReport,
-    Storage, StorageError, StorageResult, StoredMessage,
+    Storage, StorageError, StorageResult, StoredMessage, ThreadChange, ThreadMember, ThreadRecord,
 };
 
 /// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are
@@ -378,9 +378,13 @@ impl SqliteStorage {
         for row in rows {
             let id: String = row.try_get("c_id")?;
             let history_from: i64 = row.try_get("c_history_from")?;
+            let left_at: Option<i64> = row.try_get("c_left_at")?;
             let has_message: Option<i64> = row.try_get("message_id")?;
+            // A thread the account left shows no message (§6: an empty `<messages/>`).
             let last_message = match has_message {
-                Some(mid) if mid >= history_from => Some(message_from_row(row)?),
+                Some(mid) if mid >= history_from && left_at.is_none() => {
+                    Some(message_from_row(row)?)
+                }
                 _ => None,
             };
             out.push(ConversationSummary {
@@ -388,6 +392,7 @@ impl SqliteStorage {
                 key: row.try_get("c_conversation")?,
                 version: row.try_get("c_version")?,
                 history_from,
+                left_at,
                 last_message,
                 id,
             });
@@ -399,7 +404,7 @@ impl SqliteStorage {
 /// Conversation rows with their last message (message columns NULL when there is none).
 const SUMMARY_SELECT: &str =
     "SELECT c.id AS c_id, c.conversation AS c_conversation, c.version AS c_version,
-        c.history_from AS c_history_from, m.*
+        c.history_from AS c_history_from, c.left_at AS c_left_at, m.*
     FROM conversations c
     LEFT JOIN messages m ON m.conversation = c.conversation AND m.message_id = c.last_message_id";
 
@@ -563,13 +568,20 @@ impl Storage for SqliteStorage {
     }
 
     async fn remove_account(&self, name: &AccountName) -> StorageResult<bool> {
-        // The other parties keep the messages; the account's own view of them goes with it.
+        // The other parties keep the messages; the account's own view of them goes with it, and so
+        // do its thread memberships (a name taken again must not inherit them). A thread left
+        // without an admin gets one at its next change; one left empty is no longer found.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM accounts WHERE name = ?")
             .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
-        for table in ["conversations", "conversation_properties", "message_acks"] {
+        for table in [
+            "conversations",
+            "conversation_properties",
+            "message_acks",
+            "thread_members",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE account = ?"))
                 .bind(name.as_str())
                 .execute(&mut *tx)
@@ -781,6 +793,7 @@ impl Storage for SqliteStorage {
         let rows = sqlx::query(
             "SELECT m.* FROM conversations c JOIN messages m ON m.conversation = c.conversation
              WHERE c.account = ? AND c.id = ? AND m.message_id >= MAX(c.history_from, ?) AND m.message_id < ?
+               AND m.message_id <= COALESCE(c.left_at, 9223372036854775807)
              ORDER BY m.message_id DESC LIMIT ?",
         )
         .bind(account.as_str())
@@ -957,6 +970,116 @@ impl Storage for SqliteStorage {
                 })
             })
             .collect()
+    }
+
+    async fn thread(&self, id: &str) -> StorageResult<Option<ThreadRecord>> {
+        let Some(row) = sqlx::query(
+            "SELECT * FROM threads t WHERE t.id = ? AND t.closed = 0
+               AND EXISTS (SELECT 1 FROM thread_members m WHERE m.thread = t.id)",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query(
+            "SELECT account, role, joined_ms FROM thread_members WHERE thread = ? ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ThreadMember {
+                account: stored_name(&r.try_get::<String, _>(0)?)?,
+                role: r.try_get(1)?,
+                joined_ms: r.try_get(2)?,
+            })
+        })
+        .collect::<StorageResult<Vec<_>>>()?;
+        Ok(Some(ThreadRecord {
+            id: row.try_get("id")?,
+            creator: row.try_get("creator")?,
+            topic: row.try_get("topic")?,
+            version: row.try_get("version")?,
+            members,
+        }))
+    }
+
+    async fn apply_thread_change(&self, change: ThreadChange) -> StorageResult<Vec<StoredMessage>> {
+        let t = &change.thread;
+        let mut tx: WriteTx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO threads (id, creator, topic, version, closed) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET topic = ?3, version = ?4, closed = ?5",
+        )
+        .bind(&t.id)
+        .bind(&t.creator)
+        .bind(&t.topic)
+        .bind(t.version)
+        .bind(t.members.is_empty())
+        .execute(&mut *tx)
+        .await?;
+        for gone in &change.left {
+            sqlx::query("DELETE FROM thread_members WHERE thread = ? AND account = ?")
+                .bind(&t.id)
+                .bind(gone.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for m in &t.members {
+            sqlx::query(
+                "INSERT INTO thread_members (thread, account, role, joined_ms, seq)
+                 VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM thread_members WHERE thread = ?1))
+                 ON CONFLICT (thread, account) DO UPDATE SET role = excluded.role",
+            )
+            .bind(&t.id)
+            .bind(m.account.as_str())
+            .bind(&m.role)
+            .bind(m.joined_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A joining member's history of the thread starts now, even when it was a member before.
+        for joined in &change.joined {
+            let from = t
+                .members
+                .iter()
+                .find(|m| &m.account == joined)
+                .map_or(t.version, |m| m.joined_ms);
+            sqlx::query(
+                "INSERT INTO conversations (account, id, conversation, version, history_from, left_at)
+                 VALUES (?1, ?2, ?2, ?3, ?3, NULL)
+                 ON CONFLICT (account, id) DO UPDATE SET history_from = ?3, left_at = NULL,
+                     version = MAX(version, ?3)",
+            )
+            .bind(joined.as_str())
+            .bind(&t.id)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut stored = Vec::with_capacity(change.activity.len());
+        for message in change.activity {
+            stored.push(insert_message(&mut tx, message).await?);
+        }
+        for gone in &change.left {
+            let last_seen = stored
+                .iter()
+                .filter(|m| m.message.participants.iter().any(|p| &p.account == gone))
+                .map(|m| m.message_id)
+                .max()
+                .unwrap_or(t.version);
+            sqlx::query("UPDATE conversations SET left_at = ? WHERE account = ? AND id = ?")
+                .bind(last_seen)
+                .bind(gone.as_str())
+                .bind(&t.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 }
 
