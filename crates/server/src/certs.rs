@@ -294,6 +294,36 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_certificate_replaces_the_local_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = rcgen::generate_simple_self_signed(vec!["chat.example.org".into()]).unwrap();
+        let (cert, key) = (dir.path().join("own.crt"), dir.path().join("own.key"));
+        std::fs::write(&cert, own.cert.pem()).unwrap();
+        std::fs::write(&key, own.key_pair.serialize_pem()).unwrap();
+        let c = Config {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key),
+            ..config(dir.path(), &["localhost"])
+        };
+        let m = load_or_generate(&c).unwrap();
+        assert_eq!(m.ca_path, None);
+        assert_eq!(m.certs, vec![own.cert.der().clone()]);
+        assert!(
+            !CertPaths::new(dir.path()).ca_cert.exists(),
+            "no local CA was made"
+        );
+        assert_eq!(
+            export_trust(&c, ExportFormat::Pem).unwrap(),
+            std::fs::read(&cert).unwrap()
+        );
+        let half = Config { tls_key: None, ..c };
+        assert!(
+            load_or_generate(&half).is_err(),
+            "a certificate without its key is refused"
+        );
+    }
+
+    #[test]
     fn exports_pem_and_pkcs12() {
         let dir = tempfile::tempdir().unwrap();
         let c = config(dir.path(), &["localhost"]);
