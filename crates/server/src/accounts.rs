@@ -19,9 +19,54 @@ use crate::config::ThrottleConfig;
 use crate::state::AppState;
 use crate::storage::{Account, Storage, StorageError};
 
-/// Hashes a password with argon2id (m=19 MiB, t=2, p=1) on a blocking thread.
+/// Runs argon2 work on a few dedicated threads, one per core. Each hash needs 19 MiB; on tokio's
+/// blocking pool (up to hundreds of threads) a burst of logins left hundreds of MiB held by the
+/// allocator's per-thread arenas. A fixed pool bounds both the memory and the CPU that password
+/// checks can take, and queues the rest.
+fn argon2_pool() -> &'static std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>> {
+    static POOL: std::sync::OnceLock<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only to take the next job, not while running it.
+                    let job = lock(&rx).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start an argon2 thread");
+            }
+        }
+        tx
+    })
+}
+
+/// Runs `work` on the argon2 pool and waits for its result.
+async fn on_argon2_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    argon2_pool()
+        .send(Box::new(move || {
+            let _ = tx.send(work());
+        }))
+        .map_err(|_| anyhow::anyhow!("the password hashing threads are gone"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("a password hashing thread failed"))
+}
+
+/// Hashes a password with argon2id (m=19 MiB, t=2, p=1) off the async threads.
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
+    on_argon2_pool(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -31,9 +76,9 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
     .await?
 }
 
-/// Checks a password against a stored hash on a blocking thread; a corrupt hash never matches.
+/// Checks a password against a stored hash off the async threads; a corrupt hash never matches.
 pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
+    on_argon2_pool(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
