@@ -674,6 +674,24 @@ fn bench_scenarios_run_and_count_what_they_did() {
     assert_eq!(reconnect["errors"], 0);
     assert_eq!(reconnect["transport"], "tls");
     assert!(reconnect["operations"].as_u64().unwrap() > 0);
+    let fanout = json(&["fanout", "--members", "5", "--messages", "3"]);
+    assert_eq!(
+        (fanout["operations"].as_u64(), fanout["errors"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        fanout["extra"]["deliveries"], 15,
+        "every member got every message"
+    );
+    let presence = json(&["presence", "--watchers", "5", "--changes", "3"]);
+    assert_eq!(
+        (presence["operations"].as_u64(), presence["errors"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        presence["extra"]["notifications"], 15,
+        "every watcher saw every change"
+    );
 }
 
 #[test]

@@ -14,7 +14,9 @@ use tokio::sync::Mutex;
 
 mod target;
 
-use target::{raise_file_limit, settle, sources, Target, TargetArgs, Usage, PASSWORD};
+use target::{
+    make_mutual_contacts, raise_file_limit, settle, sources, Target, TargetArgs, Usage, PASSWORD,
+};
 
 /// `msnp24 bench`.
 #[derive(clap::Args, Debug)]
@@ -27,6 +29,24 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum Scenario {
+    /// Messages to a group chat of M members, one after another; each timed until all have it.
+    Fanout {
+        /// Members besides the sender.
+        #[arg(long, default_value_t = 500)]
+        members: usize,
+        /// Messages to send.
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+    },
+    /// Status changes of one account watched by N contacts; each timed until all have it.
+    Presence {
+        /// Watchers (mutual contacts of the account that changes).
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Changes to publish.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+    },
     /// Hold N bound endpoints; report the server's RSS per endpoint.
     Idle {
         /// Endpoints to hold.
@@ -215,6 +235,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             duration_secs,
         } => relay(&args.target, pairs, rate, duration_secs).await?,
+        Scenario::Fanout { members, messages } => fanout(&args.target, members, messages).await?,
+        Scenario::Presence { watchers, changes } => {
+            presence(&args.target, watchers, changes).await?
+        }
     };
     report.print(args.target.json);
     Ok(())
@@ -598,5 +622,210 @@ async fn relay(
         server_cpu_secs: cpu_used(before, after),
         extra: serde_json::json!({"store_ack_latency_ms": Latency::of(&ack)}),
         notes: vec!["operations = SDGs answered (durably stored); latency = send to delivery at the receiver".into()],
+    })
+}
+
+/// Connects and signs in `{prefix}0…{prefix}{n-1}` (a progress bar, 256 at a time).
+async fn sign_in_all(
+    target: &Target,
+    connector: &Arc<Connector>,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let bar = progress(n as u64, "signing in");
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let name = format!("{prefix}{i}");
+        let token = target.token(&name)?;
+        let (connector, bar) = (connector.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                let mut c = connector.connect(i).await?;
+                c.login(&name, &token, &new_epid()).await?;
+                anyhow::Ok(c)
+            }
+            .await;
+            bar.inc(1);
+            drop(permit);
+            r
+        }));
+    }
+    let mut clients = Vec::with_capacity(n);
+    for t in tasks {
+        clients.push(t.await??);
+    }
+    bar.finish_and_clear();
+    Ok(clients)
+}
+
+/// Waits until each of `receivers` has seen round `round` (as `seen` reports it), recording the
+/// time from `sent` to the last arrival; returns how many arrived.
+async fn wait_round(
+    arrivals: &Arc<Vec<AtomicU64>>,
+    round: u64,
+    total: usize,
+    deadline: Instant,
+) -> usize {
+    loop {
+        let got = arrivals
+            .iter()
+            .filter(|a| a.load(Ordering::Relaxed) >= round)
+            .count();
+        if got == total || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+async fn fanout(args: &TargetArgs, members: usize, messages: usize) -> anyhow::Result<Report> {
+    raise_file_limit(4 * members as u64 + 1024);
+    let target = Target::prepare(args, "fo", members + 1).await?;
+    let connector = Arc::new(Connector::new(args, &target, members + 1)?);
+    let mut clients = sign_in_all(&target, &connector, "fo", members + 1).await?;
+    let sender = clients.remove(0);
+    let names: Vec<String> = (1..=members).map(|i| format!("fo{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let thread = sender.create_thread(&refs, Some("bench")).await?;
+    // Each receiver notes the highest round number it has received.
+    let arrivals: Arc<Vec<AtomicU64>> = Arc::new((0..members).map(|_| AtomicU64::new(0)).collect());
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Some(f) = c.next_event().await {
+                if f.cmd != "SDG" {
+                    continue;
+                }
+                if let Ok((_, m)) = msnp24_proto::FormattedMessage::parse_payload(&f.payload) {
+                    if let Some(round) = std::str::from_utf8(&m.body)
+                        .ok()
+                        .and_then(|b| b.strip_prefix("round ")?.parse::<u64>().ok())
+                    {
+                        arrivals[i].fetch_max(round, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    settle().await;
+    let before = target.usage();
+    let mut hist = histogram();
+    let (mut delivered, mut errors) = (0u64, 0u64);
+    let bar = progress(messages as u64, "messages");
+    let start = Instant::now();
+    for round in 1..=messages as u64 {
+        let t0 = Instant::now();
+        let reply = sender
+            .send_message(&thread, "Text", format!("round {round}").as_bytes(), None)
+            .await?;
+        if reply.error_code().is_some() {
+            errors += 1;
+            continue;
+        }
+        let got = wait_round(&arrivals, round, members, t0 + Duration::from_secs(10)).await;
+        delivered += got as u64;
+        if got == members {
+            let _ = hist.record(t0.elapsed().as_micros() as u64);
+        } else {
+            errors += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let after = target.usage();
+    Ok(Report {
+        scenario: "fanout",
+        transport: transport(args),
+        params: serde_json::json!({"members": members, "messages": messages}),
+        operations: messages as u64 - errors,
+        errors,
+        seconds,
+        per_second: delivered as f64 / seconds,
+        latency_ms: Latency::of(&hist),
+        server_before: before,
+        server_after: after,
+        server_cpu_secs: cpu_used(before, after),
+        extra: serde_json::json!({"deliveries": delivered}),
+        notes: vec![
+            "latency = SDG sent until every member has received it; per_second = deliveries/s"
+                .into(),
+        ],
+    })
+}
+
+async fn presence(args: &TargetArgs, watchers: usize, changes: usize) -> anyhow::Result<Report> {
+    raise_file_limit(4 * watchers as u64 + 1024);
+    let target = Target::prepare(args, "pr", watchers + 1).await?;
+    make_mutual_contacts(&target.data_dir, "pr", watchers).await?;
+    let connector = Arc::new(Connector::new(args, &target, watchers + 1)?);
+    let mut clients = sign_in_all(&target, &connector, "pr", watchers + 1).await?;
+    let star = clients.remove(0);
+    let arrivals: Arc<Vec<AtomicU64>> =
+        Arc::new((0..watchers).map(|_| AtomicU64::new(0)).collect());
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Some(f) = c.next_event().await {
+                if f.cmd != "NFY" || f.target != "MSGR\\PUT" {
+                    continue;
+                }
+                if let Ok((_, m)) = msnp24_proto::FormattedMessage::parse_payload(&f.payload) {
+                    let doc = msnp24_proto::xml::presence_doc::UserDoc::parse(&m.body)
+                        .unwrap_or_default();
+                    if let Some(round) = doc
+                        .mood()
+                        .and_then(|md| md.strip_prefix("change ")?.parse::<u64>().ok())
+                    {
+                        arrivals[i].fetch_max(round, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    settle().await;
+    let before = target.usage();
+    let mut hist = histogram();
+    let (mut delivered, mut errors) = (0u64, 0u64);
+    let bar = progress(changes as u64, "changes");
+    let start = Instant::now();
+    for round in 1..=changes as u64 {
+        let t0 = Instant::now();
+        let status = if round % 2 == 0 { "NLN" } else { "BSY" };
+        let reply = star
+            .set_presence(status, Some(&format!("change {round}")))
+            .await?;
+        if reply.error_code().is_some() {
+            errors += 1;
+            continue;
+        }
+        let got = wait_round(&arrivals, round, watchers, t0 + Duration::from_secs(10)).await;
+        delivered += got as u64;
+        if got == watchers {
+            let _ = hist.record(t0.elapsed().as_micros() as u64);
+        } else {
+            errors += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let after = target.usage();
+    Ok(Report {
+        scenario: "presence",
+        transport: transport(args),
+        params: serde_json::json!({"watchers": watchers, "changes": changes}),
+        operations: changes as u64 - errors,
+        errors,
+        seconds,
+        per_second: delivered as f64 / seconds,
+        latency_ms: Latency::of(&hist),
+        server_before: before,
+        server_after: after,
+        server_cpu_secs: cpu_used(before, after),
+        extra: serde_json::json!({"notifications": delivered}),
+        notes: vec!["latency = PUT MSGR\\PRESENCE sent until every watcher has the new document; per_second = notifications/s".into()],
     })
 }

@@ -204,6 +204,38 @@ async fn create_accounts(data_dir: &Path, prefix: &str, count: usize) -> anyhow:
     Ok(())
 }
 
+/// Makes `{prefix}0` and each of `{prefix}1…{prefix}{others}` mutual contacts (watch and allow
+/// both ways), directly in the data directory, so presence flows between them.
+pub async fn make_mutual_contacts(
+    data_dir: &Path,
+    prefix: &str,
+    others: usize,
+) -> anyhow::Result<()> {
+    use msnp24_server::storage::list_bits::{ALLOW, FORWARD};
+    use msnp24_server::storage::ContactUpdate;
+    let config = msnp24_server::Config {
+        data_dir: data_dir.to_path_buf(),
+        ..msnp24_server::Config::default()
+    };
+    let storage = msnp24_server::open_storage(&config).await?;
+    let star = AccountName::parse(&format!("{prefix}0"))?;
+    let mut updates = Vec::with_capacity(2 * others);
+    for i in 1..=others {
+        let other = AccountName::parse(&format!("{prefix}{i}"))?;
+        for (owner, contact) in [(&star, &other), (&other, &star)] {
+            updates.push(ContactUpdate {
+                owner: owner.clone(),
+                contact: contact.clone(),
+                set: FORWARD | ALLOW,
+                clear: 0,
+            });
+        }
+    }
+    storage.update_contacts(&updates).await?;
+    storage.close().await;
+    Ok(())
+}
+
 /// The password of every bench account.
 pub const PASSWORD: &str = "bench-password";
 
