@@ -321,6 +321,16 @@ async fn idle(args: &TargetArgs, clients: usize, hold_secs: u64) -> anyhow::Resu
         _ => None,
     };
     let hist = hist.lock().await;
+    let mut notes = vec![format!(
+        "connections spread over {} source addresses 127.0.0.2…",
+        connector.sources.len()
+    )];
+    if limit < clients as u64 + 64 {
+        notes.push(format!(
+            "the open-file limit is {limit}, below the {} this run needs: raise the hard limit (docs/tuning.md)",
+            clients + 64
+        ));
+    }
     Ok(Report {
         scenario: "idle",
         transport: transport(args),
@@ -334,10 +344,7 @@ async fn idle(args: &TargetArgs, clients: usize, hold_secs: u64) -> anyhow::Resu
         server_after: after,
         server_cpu_secs: after.map(|a| a.cpu_secs),
         extra: serde_json::json!({"bound_endpoints": bound, "rss_kib_per_endpoint": per_endpoint}),
-        notes: vec![format!(
-            "connections spread over {} source addresses 127.0.0.2…",
-            connector.sources.len()
-        )],
+        notes,
     })
 }
 
