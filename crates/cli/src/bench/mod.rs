@@ -667,24 +667,106 @@ async fn sign_in_all(
     Ok(clients)
 }
 
-/// Waits until each of `receivers` has seen round `round` (as `seen` reports it), recording the
-/// time from `sent` to the last arrival; returns how many arrived.
-async fn wait_round(
-    arrivals: &Arc<Vec<AtomicU64>>,
-    round: u64,
-    total: usize,
-    deadline: Instant,
-) -> usize {
-    loop {
-        let got = arrivals
-            .iter()
-            .filter(|a| a.load(Ordering::Relaxed) >= round)
-            .count();
-        if got == total || Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
+/// The round number a fanout receiver read from a message (`round N`).
+fn fanout_round(f: &msnp24_proto::Frame) -> Option<u64> {
+    if f.cmd != "SDG" {
+        return None;
     }
+    let (_, m) = msnp24_proto::FormattedMessage::parse_payload(&f.payload).ok()?;
+    std::str::from_utf8(&m.body)
+        .ok()?
+        .strip_prefix("round ")?
+        .parse()
+        .ok()
+}
+
+/// The round number a presence watcher read from a notification (mood `change N`).
+fn presence_round(f: &msnp24_proto::Frame) -> Option<u64> {
+    if f.cmd != "NFY" || f.target != "MSGR\\PUT" {
+        return None;
+    }
+    let (_, m) = msnp24_proto::FormattedMessage::parse_payload(&f.payload).ok()?;
+    let doc = msnp24_proto::xml::presence_doc::UserDoc::parse(&m.body).ok()?;
+    doc.mood()?.strip_prefix("change ")?.parse().ok()
+}
+
+/// Spawns one reader per client that notes the highest round it has seen.
+fn watch_rounds(
+    clients: Vec<Client>,
+    round_of: fn(&msnp24_proto::Frame) -> Option<u64>,
+) -> Arc<Vec<AtomicU64>> {
+    let arrivals: Arc<Vec<AtomicU64>> =
+        Arc::new(clients.iter().map(|_| AtomicU64::new(0)).collect());
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Some(f) = c.next_event().await {
+                if let Some(round) = round_of(&f) {
+                    arrivals[i].fetch_max(round, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    arrivals
+}
+
+/// What a series of rounds measured.
+struct Rounds {
+    hist: Histogram<u64>,
+    delivered: u64,
+    errors: u64,
+    seconds: f64,
+}
+
+/// Runs `n` rounds of `act`, one after another; each is timed from the action until every
+/// receiver has seen it (a round not seen by all within 10 s counts as an error).
+async fn run_rounds<F, Fut>(
+    n: usize,
+    arrivals: &Arc<Vec<AtomicU64>>,
+    what: &str,
+    mut act: F,
+) -> anyhow::Result<Rounds>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<msnp24_proto::Frame>>,
+{
+    let total = arrivals.len();
+    let mut r = Rounds {
+        hist: histogram(),
+        delivered: 0,
+        errors: 0,
+        seconds: 0.0,
+    };
+    let bar = progress(n as u64, what);
+    let start = Instant::now();
+    for round in 1..=n as u64 {
+        let t0 = Instant::now();
+        if act(round).await?.error_code().is_some() {
+            r.errors += 1;
+            continue;
+        }
+        let deadline = t0 + Duration::from_secs(10);
+        let got = loop {
+            let got = arrivals
+                .iter()
+                .filter(|a| a.load(Ordering::Relaxed) >= round)
+                .count();
+            if got == total || Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        r.delivered += got as u64;
+        if got == total {
+            let _ = r.hist.record(t0.elapsed().as_micros() as u64);
+        } else {
+            r.errors += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    r.seconds = start.elapsed().as_secs_f64();
+    Ok(r)
 }
 
 async fn fanout(args: &TargetArgs, members: usize, messages: usize) -> anyhow::Result<Report> {
@@ -697,65 +779,33 @@ async fn fanout(args: &TargetArgs, members: usize, messages: usize) -> anyhow::R
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let thread = sender.create_thread(&refs, Some("bench")).await?;
     // Each receiver notes the highest round number it has received.
-    let arrivals: Arc<Vec<AtomicU64>> = Arc::new((0..members).map(|_| AtomicU64::new(0)).collect());
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let arrivals = arrivals.clone();
-        tokio::spawn(async move {
-            while let Some(f) = c.next_event().await {
-                if f.cmd != "SDG" {
-                    continue;
-                }
-                if let Ok((_, m)) = msnp24_proto::FormattedMessage::parse_payload(&f.payload) {
-                    if let Some(round) = std::str::from_utf8(&m.body)
-                        .ok()
-                        .and_then(|b| b.strip_prefix("round ")?.parse::<u64>().ok())
-                    {
-                        arrivals[i].fetch_max(round, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-    }
+    let arrivals = watch_rounds(clients, fanout_round);
     settle().await;
     let before = target.usage();
-    let mut hist = histogram();
-    let (mut delivered, mut errors) = (0u64, 0u64);
-    let bar = progress(messages as u64, "messages");
-    let start = Instant::now();
-    for round in 1..=messages as u64 {
-        let t0 = Instant::now();
-        let reply = sender
-            .send_message(&thread, "Text", format!("round {round}").as_bytes(), None)
-            .await?;
-        if reply.error_code().is_some() {
-            errors += 1;
-            continue;
+    let r = run_rounds(messages, &arrivals, "messages", |round| {
+        let body = format!("round {round}");
+        let (sender, thread) = (&sender, &thread);
+        async move {
+            sender
+                .send_message(thread, "Text", body.as_bytes(), None)
+                .await
         }
-        let got = wait_round(&arrivals, round, members, t0 + Duration::from_secs(10)).await;
-        delivered += got as u64;
-        if got == members {
-            let _ = hist.record(t0.elapsed().as_micros() as u64);
-        } else {
-            errors += 1;
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
+    })
+    .await?;
     let after = target.usage();
     Ok(Report {
         scenario: "fanout",
         transport: transport(args),
         params: serde_json::json!({"members": members, "messages": messages}),
-        operations: messages as u64 - errors,
-        errors,
-        seconds,
-        per_second: delivered as f64 / seconds,
-        latency_ms: Latency::of(&hist),
+        operations: messages as u64 - r.errors,
+        errors: r.errors,
+        seconds: r.seconds,
+        per_second: r.delivered as f64 / r.seconds,
+        latency_ms: Latency::of(&r.hist),
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
-        extra: serde_json::json!({"deliveries": delivered}),
+        extra: serde_json::json!({"deliveries": r.delivered}),
         notes: vec![
             "latency = SDG sent until every member has received it; per_second = deliveries/s"
                 .into(),
@@ -770,69 +820,30 @@ async fn presence(args: &TargetArgs, watchers: usize, changes: usize) -> anyhow:
     let connector = Arc::new(Connector::new(args, &target, watchers + 1)?);
     let mut clients = sign_in_all(&target, &connector, "pr", watchers + 1).await?;
     let star = clients.remove(0);
-    let arrivals: Arc<Vec<AtomicU64>> =
-        Arc::new((0..watchers).map(|_| AtomicU64::new(0)).collect());
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let arrivals = arrivals.clone();
-        tokio::spawn(async move {
-            while let Some(f) = c.next_event().await {
-                if f.cmd != "NFY" || f.target != "MSGR\\PUT" {
-                    continue;
-                }
-                if let Ok((_, m)) = msnp24_proto::FormattedMessage::parse_payload(&f.payload) {
-                    let doc = msnp24_proto::xml::presence_doc::UserDoc::parse(&m.body)
-                        .unwrap_or_default();
-                    if let Some(round) = doc
-                        .mood()
-                        .and_then(|md| md.strip_prefix("change ")?.parse::<u64>().ok())
-                    {
-                        arrivals[i].fetch_max(round, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-    }
+    let arrivals = watch_rounds(clients, presence_round);
     settle().await;
     let before = target.usage();
-    let mut hist = histogram();
-    let (mut delivered, mut errors) = (0u64, 0u64);
-    let bar = progress(changes as u64, "changes");
-    let start = Instant::now();
-    for round in 1..=changes as u64 {
-        let t0 = Instant::now();
+    let r = run_rounds(changes, &arrivals, "changes", |round| {
         let status = if round % 2 == 0 { "NLN" } else { "BSY" };
-        let reply = star
-            .set_presence(status, Some(&format!("change {round}")))
-            .await?;
-        if reply.error_code().is_some() {
-            errors += 1;
-            continue;
-        }
-        let got = wait_round(&arrivals, round, watchers, t0 + Duration::from_secs(10)).await;
-        delivered += got as u64;
-        if got == watchers {
-            let _ = hist.record(t0.elapsed().as_micros() as u64);
-        } else {
-            errors += 1;
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
+        let mood = format!("change {round}");
+        let star = &star;
+        async move { star.set_presence(status, Some(&mood)).await }
+    })
+    .await?;
     let after = target.usage();
     Ok(Report {
         scenario: "presence",
         transport: transport(args),
         params: serde_json::json!({"watchers": watchers, "changes": changes}),
-        operations: changes as u64 - errors,
-        errors,
-        seconds,
-        per_second: delivered as f64 / seconds,
-        latency_ms: Latency::of(&hist),
+        operations: changes as u64 - r.errors,
+        errors: r.errors,
+        seconds: r.seconds,
+        per_second: r.delivered as f64 / r.seconds,
+        latency_ms: Latency::of(&r.hist),
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
-        extra: serde_json::json!({"notifications": delivered}),
+        extra: serde_json::json!({"notifications": r.delivered}),
         notes: vec!["latency = PUT MSGR\\PRESENCE sent until every watcher has the new document; per_second = notifications/s".into()],
     })
 }
