@@ -641,19 +641,10 @@ async fn get_presence_reveals_nothing_to_non_contacts_and_imonline_lists_endpoin
 /// subscription and publishing `NLN`. Accounts and tokens are made directly (argon2 a thousand
 /// times would dominate the test).
 pub async fn crowd(t: &TestServer, star: &str, n: usize) -> Vec<Client> {
-    use msnp24_server::tokens::{Claims, TokenKind};
     let state = t.server().state().clone();
-    let hash = msnp24_server::accounts::hash_password(PASSWORD.to_string())
-        .await
-        .unwrap();
-    let names: Vec<AccountName> = (0..n).map(|i| name(&format!("u{i:04}"))).collect();
+    let names = make_accounts(t, "u", n).await;
     let mut updates = Vec::new();
     for nm in &names {
-        state
-            .storage
-            .create_account(nm, &hash, &hash)
-            .await
-            .unwrap();
         for (owner, contact) in [(nm, &name(star)), (&name(star), nm)] {
             updates.push(ContactUpdate {
                 owner: owner.clone(),
@@ -664,33 +655,9 @@ pub async fn crowd(t: &TestServer, star: &str, n: usize) -> Vec<Client> {
         }
     }
     state.storage.update_contacts(&updates).await.unwrap();
-    let addr = t.server().tcp_addr;
-    let mut clients = Vec::with_capacity(n);
-    for chunk in names.chunks(50) {
-        let mut set = tokio::task::JoinSet::new();
-        for nm in chunk {
-            let token = state.tokens.issue(
-                TokenKind::Login,
-                &Claims {
-                    account: nm.clone(),
-                    generation: 1,
-                    expires_at: msnp24_server::state::now_secs() + 3600,
-                    epid: None,
-                },
-            );
-            let account = nm.as_str().to_string();
-            set.spawn(async move {
-                let mut c = Client::connect_tcp(addr).await.unwrap();
-                c.login(&account, &token, &msnp24_client::new_epid())
-                    .await
-                    .unwrap();
-                c.set_presence("NLN", None).await.unwrap();
-                c
-            });
-        }
-        while let Some(c) = set.join_next().await {
-            clients.push(c.unwrap());
-        }
+    let clients = sign_in_many(t, &names).await;
+    for c in &clients {
+        c.set_presence("NLN", None).await.unwrap();
     }
     clients
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use msnp24_client::Client;
 use msnp24_proto::xml::thread::{Member, Thread, ThreadsResponse};
-use msnp24_proto::{AccountName, FormattedMessage, Frame};
+use msnp24_proto::{FormattedMessage, Frame};
 
 fn thread_body(f: &Frame) -> Thread {
     Thread::parse(&f.parse_payload().unwrap().body).unwrap()
@@ -512,52 +512,10 @@ async fn a_ver_1_endpoint_gets_240_and_no_thread_traffic() {
     }
 }
 
-/// `n` accounts made directly in storage (one password hash for all) and signed in with tokens
-/// issued directly, as `presence::crowd` does.
+/// `n` accounts `m0000`… made and signed in directly (see `common::make_accounts`).
 async fn crowd(t: &TestServer, n: usize) -> Vec<Client> {
-    use msnp24_server::tokens::{Claims, TokenKind};
-    let state = t.server().state().clone();
-    let hash = msnp24_server::accounts::hash_password(PASSWORD.to_string())
-        .await
-        .unwrap();
-    let names: Vec<AccountName> = (0..n)
-        .map(|i| AccountName::parse(&format!("m{i:04}")).unwrap())
-        .collect();
-    for nm in &names {
-        state
-            .storage
-            .create_account(nm, &hash, &hash)
-            .await
-            .unwrap();
-    }
-    let addr = t.server().tcp_addr;
-    let mut clients = Vec::with_capacity(n);
-    for chunk in names.chunks(50) {
-        let mut set = tokio::task::JoinSet::new();
-        for nm in chunk {
-            let token = state.tokens.issue(
-                TokenKind::Login,
-                &Claims {
-                    account: nm.clone(),
-                    generation: 1,
-                    expires_at: msnp24_server::state::now_secs() + 3600,
-                    epid: None,
-                },
-            );
-            let account = nm.as_str().to_string();
-            set.spawn(async move {
-                let mut c = Client::connect_tcp(addr).await.unwrap();
-                c.login(&account, &token, &msnp24_client::new_epid())
-                    .await
-                    .unwrap();
-                c
-            });
-        }
-        while let Some(c) = set.join_next().await {
-            clients.push(c.unwrap());
-        }
-    }
-    clients
+    let names = make_accounts(t, "m", n).await;
+    sign_in_many(t, &names).await
 }
 
 /// Waits until each client has received a `Text` message with `text`; returns how many did.

@@ -114,3 +114,56 @@ pub fn assert_conformant(c: &Client) {
     let v = c.violations();
     assert!(v.is_empty(), "frames broke §0: {v:#?}");
 }
+
+/// Creates accounts `{prefix}0000`… directly in storage with one password hash for all (argon2 a
+/// thousand times would dominate a test).
+pub async fn make_accounts(t: &TestServer, prefix: &str, n: usize) -> Vec<AccountName> {
+    let state = t.server().state().clone();
+    let hash = accounts::hash_password(PASSWORD.to_string()).await.unwrap();
+    let names: Vec<AccountName> = (0..n)
+        .map(|i| AccountName::parse(&format!("{prefix}{i:04}")).unwrap())
+        .collect();
+    for nm in &names {
+        state
+            .storage
+            .create_account(nm, &hash, &hash)
+            .await
+            .unwrap();
+    }
+    names
+}
+
+/// Signs each account in (handshake and subscriptions) with a login token issued directly, 50
+/// connections at a time.
+pub async fn sign_in_many(t: &TestServer, names: &[AccountName]) -> Vec<Client> {
+    use msnp24_server::tokens::{Claims, TokenKind};
+    let state = t.server().state().clone();
+    let addr = t.server().tcp_addr;
+    let mut clients = Vec::with_capacity(names.len());
+    for chunk in names.chunks(50) {
+        let mut set = tokio::task::JoinSet::new();
+        for nm in chunk {
+            let token = state.tokens.issue(
+                TokenKind::Login,
+                &Claims {
+                    account: nm.clone(),
+                    generation: 1,
+                    expires_at: msnp24_server::state::now_secs() + 3600,
+                    epid: None,
+                },
+            );
+            let account = nm.as_str().to_string();
+            set.spawn(async move {
+                let mut c = Client::connect_tcp(addr).await.unwrap();
+                c.login(&account, &token, &msnp24_client::new_epid())
+                    .await
+                    .unwrap();
+                c
+            });
+        }
+        while let Some(c) = set.join_next().await {
+            clients.push(c.unwrap());
+        }
+    }
+    clients
+}
