@@ -118,6 +118,12 @@ struct ServeArgs {
     /// Seconds without any frame before a connection is closed.
     #[arg(long)]
     idle_timeout: Option<u64>,
+    /// Join a cluster: `redis://host:port` (or `local` to run alone).
+    #[arg(long, env = "MSNP24_ROUTING")]
+    routing: Option<String>,
+    /// The cluster's name (prefix of its Redis keys).
+    #[arg(long, env = "MSNP24_CLUSTER_NAME")]
+    cluster_name: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -348,6 +354,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = args.idle_timeout {
         config.idle_timeout_secs = t;
+    }
+    if let Some(r) = args.routing {
+        config.routing = Some(r);
+    }
+    if let Some(n) = args.cluster_name {
+        config.cluster_name = n;
     }
     // Every connection is a file descriptor: take the soft limit up to the hard one, as servers
     // that hold many connections do (docs/tuning.md explains raising the hard limit).

@@ -52,6 +52,13 @@ pub struct Config {
     pub frame_burst: u32,
     /// The BND challenge of §2.4.
     pub challenges: ChallengeConfig,
+    /// Routing between nodes: absent or `"local"` for a node on its own, `"redis://host:port"`
+    /// to join the cluster that Redis coordinates (see `docs/cluster.md`).
+    pub routing: Option<String>,
+    /// The cluster's name: the prefix of its Redis keys, so several clusters can share a Redis.
+    pub cluster_name: String,
+    /// How long after its last heartbeat a node counts as dead and its endpoints as vanished.
+    pub cluster_node_ttl_secs: u64,
 }
 
 /// The BND challenge (§2.4): off by default, because some clients treat a nonce as fatal.
@@ -149,6 +156,9 @@ impl Default for Config {
             frames_per_sec: 100,
             frame_burst: 1000,
             challenges: ChallengeConfig::default(),
+            routing: None,
+            cluster_name: "msnp24".to_string(),
+            cluster_node_ttl_secs: 10,
         }
     }
 }
@@ -169,6 +179,14 @@ impl Config {
     /// How long a dropped endpoint stays present.
     pub fn presence_keepalive(&self) -> Duration {
         Duration::from_secs(self.presence_keepalive_secs)
+    }
+
+    /// The Redis URL of the cluster this node joins, if any.
+    pub fn routing_url(&self) -> Option<&str> {
+        self.routing
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty() && *r != "local")
     }
 
     /// Path of the SQLite database inside the data directory.

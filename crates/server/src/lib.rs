@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod certs;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod contacts;

@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::certs;
+use crate::cluster::Coordination;
 use crate::config::Config;
 use crate::http::PeerAddr;
-use crate::routing::LocalRouter;
 use crate::state::AppState;
 use crate::storage::SqliteStorage;
 use crate::tokens::TokenSigner;
@@ -49,6 +49,28 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<SqliteStorage> {
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))
 }
 
+/// Closes, as vanished connections, the endpoints of dead nodes this node claimed: their presence
+/// lingers for the keep-alive, then goes offline for watchers.
+async fn close_orphans(
+    mut orphans: mpsc::Receiver<crate::cluster::Orphans>,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = transport::stopped(&mut shutdown) => return,
+            batch = orphans.recv() => batch,
+        };
+        let Some(batch) = batch else { return };
+        for (addr, conn_id) in batch {
+            state
+                .presence
+                .closed(&addr.account, &addr.epid, conn_id, true)
+                .await;
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -65,10 +87,19 @@ impl Server {
         } else {
             None
         };
+        let Coordination {
+            router,
+            presence,
+            locks,
+            orphans,
+            ..
+        } = Coordination::from_config(&config).await?;
         let state = Arc::new(AppState::new(
             config.clone(),
             Arc::new(storage.clone()),
-            Arc::new(LocalRouter::new()),
+            router,
+            presence,
+            locks,
             tokens,
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -101,6 +132,13 @@ impl Server {
         tasks.push(tokio::spawn(
             state.presence.clone().run_timers(shutdown_rx.clone()),
         ));
+        if let Some(orphans) = orphans {
+            tasks.push(tokio::spawn(close_orphans(
+                orphans,
+                state.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
 
         let http = bind(config.http_listen, "HTTP").await?;
         let http_addr = http.local_addr()?;
@@ -178,6 +216,7 @@ impl Server {
         {
             tracing::warn!("some connections did not end within 10 s");
         }
+        self.state.router.leave().await;
         self.storage.close().await;
         tracing::info!("stopped");
     }

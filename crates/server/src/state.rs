@@ -6,9 +6,10 @@ use std::sync::Arc;
 use msnp24_proto::Limits;
 
 use crate::accounts::LoginThrottle;
+use crate::cluster::SharedLocks;
 use crate::config::Config;
 use crate::limits::ConnectionLimiter;
-use crate::presence::PresenceService;
+use crate::presence::{PresenceService, PresenceStore};
 use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
 use crate::storage::Account;
@@ -58,14 +59,23 @@ impl AppState {
         config: Config,
         storage: Arc<dyn Storage>,
         router: Arc<dyn Router>,
+        presence_store: Arc<dyn PresenceStore>,
+        shared_locks: Option<Arc<dyn SharedLocks>>,
         tokens: TokenSigner,
     ) -> AppState {
         let throttle = LoginThrottle::new(config.login_throttle.clone());
         let presence = Arc::new(PresenceService::new(
+            presence_store,
             storage.clone(),
             router.clone(),
             config.presence_keepalive(),
         ));
+        // Connection ids name connections across a cluster (the presence and routing entries of
+        // one connection), so there each node starts at a random point of the space.
+        let first_conn = match shared_locks {
+            Some(_) => u64::from(rand::random::<u32>()) << 32 | 1,
+            None => 1,
+        };
         let send_limiter = SendLimiter::new(config.send_rate.clone());
         let connections = ConnectionLimiter::new(config.max_connections_per_ip);
         AppState {
@@ -77,8 +87,8 @@ impl AppState {
             throttle,
             presence,
             send_limiter,
-            thread_locks: crate::threads::ThreadLocks::default(),
-            next_conn: AtomicU64::new(1),
+            thread_locks: crate::threads::ThreadLocks::new(shared_locks),
+            next_conn: AtomicU64::new(first_conn),
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use msnp24_proto::xml::thread::{AddMember, DeleteMember, Member, RoleUpdate, Thread, TopicUpdate};
 use msnp24_proto::AccountName;
 
+use crate::cluster::{SharedGuard, SharedLocks};
 use crate::storage::{ThreadMember, ThreadRecord};
 
 /// `<capabilities>` of every thread (the value real servers sent).
@@ -322,24 +323,39 @@ pub fn new_thread_id() -> String {
 
 /// One lock per thread, held from reading the members to handing the last frame to the router,
 /// so every member sees a thread's changes and messages in the same order, and nothing reaches
-/// a member after the frame that removed it.
+/// a member after the frame that removed it. In a cluster the lock is also taken cluster-wide.
 #[derive(Default)]
 pub struct ThreadLocks {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    shared: Option<Arc<dyn SharedLocks>>,
 }
 
 impl ThreadLocks {
+    /// Locks in this process, and across the cluster when `shared` is given.
+    pub fn new(shared: Option<Arc<dyn SharedLocks>>) -> ThreadLocks {
+        ThreadLocks {
+            locks: Mutex::default(),
+            shared,
+        }
+    }
+
     /// Waits for the thread's turn.
     pub async fn lock(&self, id: &str) -> ThreadGuard<'_> {
         let lock = {
             let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id.to_string()).or_default().clone()
         };
+        // Waiters of this node queue in memory; only the one holding the local lock asks Redis.
         let guard = lock.clone().lock_owned().await;
+        let shared = match &self.shared {
+            Some(s) => Some(s.acquire(&format!("thread:{id}")).await),
+            None => None,
+        };
         ThreadGuard {
             locks: self,
             id: id.to_string(),
             lock,
+            _shared: shared,
             _guard: Some(guard),
         }
     }
@@ -350,11 +366,13 @@ pub struct ThreadGuard<'a> {
     locks: &'a ThreadLocks,
     id: String,
     lock: Arc<tokio::sync::Mutex<()>>,
+    _shared: Option<SharedGuard>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for ThreadGuard<'_> {
     fn drop(&mut self) {
+        self._shared.take();
         self._guard.take();
         let mut map = self.locks.locks.lock().unwrap_or_else(|p| p.into_inner());
         // The map keeps only threads someone is waiting for: ours and the map's references.

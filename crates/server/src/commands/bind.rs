@@ -47,7 +47,8 @@ pub async fn bnd(
     // Before the router knows the endpoint, so its presence entry exists when notifications start.
     s.state
         .presence
-        .bound(&bound.account, &bound.epid, s.conn_id);
+        .bound(&bound.account, &bound.epid, s.conn_id)
+        .await;
     if let Some(old) = s.state.router.bind(bound.addr(), handle).await {
         tracing::info!(
             conn = s.conn_id,

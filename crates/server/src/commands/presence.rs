@@ -89,7 +89,7 @@ pub async fn get(
             _ => None,
         };
         let doc = match target {
-            Some(t) if t == b.account => s.state.presence.document(&t, View::Own),
+            Some(t) if t == b.account => s.state.presence.document(&t, View::Own).await,
             Some(t) => {
                 let rel = s
                     .state
@@ -101,9 +101,10 @@ pub async fn get(
                 let visible = rel.first().is_some_and(|r| {
                     presence_flows(r.mine | crate::storage::list_bits::FORWARD, r.theirs)
                 });
-                visible
-                    .then(|| s.state.presence.document(&t, View::Others))
-                    .flatten()
+                match visible {
+                    true => s.state.presence.document(&t, View::Others).await,
+                    false => None,
+                }
             }
             None => None,
         };

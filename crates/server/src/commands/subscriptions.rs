@@ -38,7 +38,8 @@ pub async fn put(
         snapshot = s
             .state
             .presence
-            .snapshot(&bound.account, &bound.epid, &visible);
+            .snapshot(&bound.account, &bound.epid, &visible)
+            .await;
         snapshot.extend(
             contacts::open_requests(&s.state, &bound.account)
                 .await

@@ -38,6 +38,48 @@ impl LocalRouter {
     }
 }
 
+impl LocalRouter {
+    /// Queues `item` for each endpoint of `account` here that passes `filter`; returns how many
+    /// took it.
+    pub fn deliver_now(
+        &self,
+        account: &AccountName,
+        filter: &DeliveryFilter,
+        item: &Outbound,
+    ) -> usize {
+        let targets: Vec<EndpointHandle> = self
+            .map()
+            .get(account)
+            .map(|l| {
+                l.iter()
+                    .filter(|h| filter.accepts(&h.info))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        targets.iter().filter(|h| h.send(item.clone())).count()
+    }
+
+    /// Tells one connection to end, if it is still bound here.
+    pub fn kick(&self, addr: &EndpointAddr, conn_id: u64, reason: KickReason) {
+        if let Some(h) = self.map().get(&addr.account).and_then(|l| {
+            l.iter()
+                .find(|h| h.conn_id == conn_id && h.info.epid == addr.epid)
+        }) {
+            h.kick.send_replace(Some(reason));
+        }
+    }
+
+    /// What one connection's endpoint told BND and subscribed to, if it is still bound here.
+    pub fn info(&self, addr: &EndpointAddr, conn_id: u64) -> Option<EndpointInfo> {
+        self.map().get(&addr.account).and_then(|l| {
+            l.iter()
+                .find(|h| h.conn_id == conn_id && h.info.epid == addr.epid)
+                .map(|h| h.info.clone())
+        })
+    }
+}
+
 #[async_trait]
 impl Router for LocalRouter {
     async fn bind(&self, addr: EndpointAddr, handle: EndpointHandle) -> Option<EndpointHandle> {
@@ -82,17 +124,7 @@ impl Router for LocalRouter {
         filter: DeliveryFilter,
         item: Outbound,
     ) -> usize {
-        let targets: Vec<EndpointHandle> = self
-            .map()
-            .get(account)
-            .map(|l| {
-                l.iter()
-                    .filter(|h| filter.accepts(&h.info))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        targets.iter().filter(|h| h.send(item.clone())).count()
+        self.deliver_now(account, &filter, &item)
     }
 
     async fn kick_all(&self, reason: KickReason) {

@@ -1,5 +1,6 @@
 //! Routing between connections: "deliver this to these endpoints". The in-process map serves one
-//! node; a cross-node implementation can replace it without touching the handlers.
+//! node; the cluster router (`crate::cluster::RedisRouter`) replaces it without touching the
+//! handlers.
 
 use std::sync::Arc;
 
@@ -133,6 +134,8 @@ pub trait Router: Send + Sync + 'static {
         -> usize;
     /// Tells every connection to end.
     async fn kick_all(&self, reason: KickReason);
+    /// Leaves the cluster at shutdown, once this node's connections have ended (alone: nothing).
+    async fn leave(&self) {}
 }
 
 /// Which endpoints of an account a delivery goes to.

@@ -1,0 +1,97 @@
+//! What one node shares with the others: routing between connections, presence state and the
+//! per-thread locks. Alone, a node keeps all three in memory; in a cluster they live in Redis
+//! (`routing = "redis://…"`), while durable state lives in the shared database.
+//!
+//! Redis is only ever the fast path and the meeting point: every acknowledged message is in
+//! storage before anything is published, so a delivery lost with a node or a Redis hiccup is
+//! recovered by the client's next sync.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::presence::{MemoryPresenceStore, PresenceStore};
+use crate::routing::{EndpointAddr, LocalRouter, Router};
+
+mod keys;
+mod lock;
+mod presence_store;
+mod router;
+
+pub use lock::RedisLocks;
+pub use presence_store::RedisPresenceStore;
+pub use router::RedisRouter;
+
+/// Held while a cluster-wide lock is ours; dropping it releases the lock.
+pub type SharedGuard = Box<dyn Send + Sync>;
+
+/// Locks that hold across every node of a cluster.
+#[async_trait]
+pub trait SharedLocks: Send + Sync + 'static {
+    /// Waits for the lock named `key`. A lock that cannot be had within a few seconds (its holder
+    /// died, or Redis is down) is given up on with a logged error rather than stalling forever.
+    async fn acquire(&self, key: &str) -> SharedGuard;
+}
+
+/// Endpoints a dead node had bound, each with its connection id: this node claimed them and must
+/// treat them as connections that vanished.
+pub type Orphans = Vec<(EndpointAddr, u64)>;
+
+/// Routing, presence state and locks, alone or shared.
+pub struct Coordination {
+    /// Delivery between connections.
+    pub router: Arc<dyn Router>,
+    /// Where presence state lives.
+    pub presence: Arc<dyn PresenceStore>,
+    /// Cluster-wide locks; `None` alone (in-process locks suffice).
+    pub locks: Option<Arc<dyn SharedLocks>>,
+    /// Endpoints of dead nodes to close (cluster only).
+    pub orphans: Option<mpsc::Receiver<Orphans>>,
+    /// This node's id in the cluster.
+    pub node_id: Option<String>,
+}
+
+impl Coordination {
+    /// A node on its own.
+    pub fn local() -> Coordination {
+        Coordination {
+            router: Arc::new(LocalRouter::new()),
+            presence: Arc::new(MemoryPresenceStore::default()),
+            locks: None,
+            orphans: None,
+            node_id: None,
+        }
+    }
+
+    /// What `config.routing` asks for: alone by default, or joining the cluster at a Redis URL.
+    pub async fn from_config(config: &Config) -> anyhow::Result<Coordination> {
+        let Some(url) = config.routing_url() else {
+            return Ok(Coordination::local());
+        };
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("routing: bad Redis URL: {e}"))?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
+            .await
+            .map_err(|_| anyhow::anyhow!("routing: Redis did not answer within 10 s"))?
+            .map_err(|e| anyhow::anyhow!("routing: cannot connect to Redis: {e}"))?;
+        let keys = keys::Keys::new(&config.cluster_name);
+        let node_ttl = Duration::from_secs(config.cluster_node_ttl_secs.max(1));
+        let (orphans_tx, orphans_rx) = mpsc::channel(64);
+        let router =
+            RedisRouter::start(client, conn.clone(), keys.clone(), node_ttl, orphans_tx).await?;
+        let node_id = router.node_id().to_string();
+        let locks: Arc<dyn SharedLocks> = Arc::new(RedisLocks::new(conn.clone(), keys.clone()));
+        let presence = Arc::new(RedisPresenceStore::new(conn, keys, locks.clone()));
+        tracing::info!(node = %node_id, cluster = %config.cluster_name, "joined the cluster");
+        Ok(Coordination {
+            router: Arc::new(router),
+            presence,
+            locks: Some(locks),
+            orphans: Some(orphans_rx),
+            node_id: Some(node_id),
+        })
+    }
+}

@@ -1,0 +1,799 @@
+//! The cluster router: each node serves its own connections from memory (a [`LocalRouter`]),
+//! registers them in Redis (one hash per account, owner node and endpoint info per epid) and
+//! listens on its own pub/sub channel. A delivery reads the account's hash once, hands local
+//! endpoints their copy directly and publishes one envelope per other node that has endpoints
+//! wanting it.
+//!
+//! Nodes prove they are alive by refreshing a key with a short expiry. When one's key has expired,
+//! one surviving node claims it, removes its endpoints from the registry and closes them as
+//! vanished connections (their presence lingers for the keep-alive, then goes offline).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use msnp24_proto::{AccountName, Epid, FormattedMessage, Frame};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::keys::Keys;
+use super::Orphans;
+use crate::routing::{
+    Delivery, DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason, LocalRouter,
+    Outbound, Router,
+};
+
+/// Replaces an endpoint's registration and returns the one it replaced.
+const BIND: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return old
+";
+
+/// Removes an endpoint's registration if it still belongs to the given owner (`node|conn|`).
+const UNBIND: &str = r"
+if KEYS[2] ~= '' then redis.call('SREM', KEYS[2], ARGV[3]) end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, #ARGV[2]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// Rewrites an endpoint's registration if it still belongs to the given owner.
+const UPDATE: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, #ARGV[2]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Endpoint info as registered.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireInfo {
+    ver: u32,
+    name: String,
+    cver: String,
+    msg: bool,
+    pres: bool,
+}
+
+/// One registration read back: who owns it and what it is.
+#[derive(Debug)]
+struct Registered {
+    node: String,
+    conn: u64,
+    info: EndpointInfo,
+}
+
+fn owner(node: &str, conn: u64) -> String {
+    format!("{node}|{conn}|")
+}
+
+fn encode_entry(node: &str, conn: u64, info: &EndpointInfo) -> String {
+    let wire = WireInfo {
+        ver: info.ver,
+        name: info.client_name.clone(),
+        cver: info.client_ver.clone(),
+        msg: info.messaging,
+        pres: info.presence,
+    };
+    // Serialising plain strings and numbers cannot fail.
+    let json = serde_json::to_string(&wire).unwrap_or_default();
+    format!("{}{json}", owner(node, conn))
+}
+
+fn decode_entry(epid: &str, raw: &str) -> Option<Registered> {
+    let mut parts = raw.splitn(3, '|');
+    let node = parts.next()?.to_string();
+    let conn = parts.next()?.parse().ok()?;
+    let wire: WireInfo = serde_json::from_str(parts.next()?).ok()?;
+    Some(Registered {
+        node,
+        conn,
+        info: EndpointInfo {
+            epid: Epid::parse(epid).ok()?,
+            ver: wire.ver,
+            client_name: wire.name,
+            client_ver: wire.cver,
+            messaging: wire.msg,
+            presence: wire.pres,
+        },
+    })
+}
+
+fn member(addr: &EndpointAddr, conn: u64) -> String {
+    format!("{}\t{}\t{conn}", addr.account, addr.epid)
+}
+
+fn parse_member(m: &str) -> Option<(EndpointAddr, u64)> {
+    let mut parts = m.split('\t');
+    let account = AccountName::parse(parts.next()?).ok()?;
+    let epid = Epid::parse(parts.next()?).ok()?;
+    let conn = parts.next()?.parse().ok()?;
+    Some((EndpointAddr { account, epid }, conn))
+}
+
+/// A delivery filter as published.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireFilter {
+    except: Option<String>,
+    messaging: bool,
+    threads: bool,
+    presence: bool,
+}
+
+impl WireFilter {
+    fn from(f: &DeliveryFilter) -> WireFilter {
+        WireFilter {
+            except: f.except.as_ref().map(|e| e.to_string()),
+            messaging: f.messaging_only,
+            threads: f.threads_only,
+            presence: f.presence_only,
+        }
+    }
+
+    fn into_filter(self) -> Option<DeliveryFilter> {
+        Some(DeliveryFilter {
+            except: match self.except {
+                Some(e) => Some(Epid::parse(&e).ok()?),
+                None => None,
+            },
+            messaging_only: self.messaging,
+            threads_only: self.threads,
+            presence_only: self.presence,
+        })
+    }
+}
+
+/// What one node asks of another: the header line of an envelope; the bytes after its newline
+/// are the frame's payload or the encoded chat message.
+#[derive(Debug, Serialize, Deserialize)]
+enum Envelope {
+    /// Write this frame to the account's endpoints that pass the filter.
+    Frame {
+        account: String,
+        filter: WireFilter,
+        cmd: String,
+        trid: u64,
+        target: String,
+    },
+    /// Deliver this chat message to the account's endpoints that pass the filter.
+    Message {
+        account: String,
+        filter: WireFilter,
+        arrival_ms: i64,
+        stored: Option<(String, i64)>,
+    },
+    /// End this connection: the same epid was bound on another node.
+    Kick {
+        account: String,
+        epid: String,
+        conn: u64,
+    },
+}
+
+fn seal(header: &Envelope, body: &[u8]) -> Vec<u8> {
+    // Serialising plain strings and numbers cannot fail.
+    let mut out = serde_json::to_vec(header).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+fn envelope_for(account: &AccountName, filter: &DeliveryFilter, item: &Outbound) -> Vec<u8> {
+    let account = account.to_string();
+    let filter = WireFilter::from(filter);
+    match item {
+        Outbound::Frame(f) => seal(
+            &Envelope::Frame {
+                account,
+                filter,
+                cmd: f.cmd.clone(),
+                trid: f.trid,
+                target: f.target.clone(),
+            },
+            &f.payload,
+        ),
+        Outbound::Message(d) => seal(
+            &Envelope::Message {
+                account,
+                filter,
+                arrival_ms: d.arrival_ms,
+                stored: d.stored.clone(),
+            },
+            &d.message.encode(),
+        ),
+    }
+}
+
+/// What an envelope asks this node to do.
+#[derive(Debug)]
+enum Request {
+    Deliver(AccountName, DeliveryFilter, Outbound),
+    Kick(EndpointAddr, u64),
+}
+
+fn open(bytes: &[u8]) -> Result<Request, String> {
+    let nl = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let header: Envelope = serde_json::from_slice(&bytes[..nl]).map_err(|e| e.to_string())?;
+    let body = &bytes[nl + 1..];
+    let account_of = |a: &str| AccountName::parse(a).map_err(|e| e.to_string());
+    Ok(match header {
+        Envelope::Frame {
+            account,
+            filter,
+            cmd,
+            trid,
+            target,
+        } => Request::Deliver(
+            account_of(&account)?,
+            filter.into_filter().ok_or("bad filter")?,
+            Outbound::Frame(Frame::new(cmd, trid, target, body.to_vec())),
+        ),
+        Envelope::Message {
+            account,
+            filter,
+            arrival_ms,
+            stored,
+        } => Request::Deliver(
+            account_of(&account)?,
+            filter.into_filter().ok_or("bad filter")?,
+            Outbound::Message(Arc::new(Delivery {
+                message: FormattedMessage::parse(body).map_err(|e| e.to_string())?,
+                arrival_ms,
+                stored,
+            })),
+        ),
+        Envelope::Kick {
+            account,
+            epid,
+            conn,
+        } => Request::Kick(
+            EndpointAddr {
+                account: account_of(&account)?,
+                epid: Epid::parse(&epid).map_err(|e| e.to_string())?,
+            },
+            conn,
+        ),
+    })
+}
+
+struct Shared {
+    id: String,
+    keys: Keys,
+    conn: ConnectionManager,
+    local: LocalRouter,
+    /// Nodes whose alive key was found gone: their registrations are ignored.
+    dead: RwLock<HashSet<String>>,
+    bind: redis::Script,
+    unbind: redis::Script,
+    update: redis::Script,
+}
+
+impl Shared {
+    fn is_dead(&self, node: &str) -> bool {
+        self.dead
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
+    }
+
+    /// The account's registrations on live nodes.
+    async fn registered(&self, account: &AccountName) -> redis::RedisResult<Vec<Registered>> {
+        let raw: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.endpoints(account))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|(epid, v)| {
+                let r = decode_entry(epid, v);
+                if r.is_none() {
+                    tracing::warn!(account = %account, epid = %epid, "unreadable registration ignored");
+                }
+                r
+            })
+            .filter(|r| !self.is_dead(&r.node))
+            .collect())
+    }
+
+    async fn publish(&self, node: &str, bytes: Vec<u8>) -> redis::RedisResult<()> {
+        redis::cmd("PUBLISH")
+            .arg(self.keys.channel(node))
+            .arg(bytes)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
+    fn handle(&self, bytes: &[u8]) {
+        match open(bytes) {
+            Ok(Request::Deliver(account, filter, item)) => {
+                self.local.deliver_now(&account, &filter, &item);
+            }
+            Ok(Request::Kick(addr, conn)) => {
+                tracing::info!(account = %addr.account, epid = %addr.epid, conn, "same epid bound on another node; ending this connection");
+                self.local.kick(&addr, conn, KickReason::OtherLocation);
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable envelope from another node dropped"),
+        }
+    }
+
+    /// Refreshes this node's alive key, then looks for dead nodes and reaps those it can claim.
+    async fn heartbeat(&self, ttl: Duration, orphans: &mpsc::Sender<Orphans>) {
+        let mut conn = self.conn.clone();
+        let refreshed: redis::RedisResult<()> = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.alive(&self.id))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.keys.nodes())
+            .arg(&self.id)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = refreshed {
+            tracing::warn!(error = %e, "cannot refresh this node's registration in Redis");
+            return;
+        }
+        let nodes: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list cluster nodes");
+                return;
+            }
+        };
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != self.id).collect();
+        if others.is_empty() {
+            return;
+        }
+        let alive_keys: Vec<String> = others.iter().map(|n| self.keys.alive(n)).collect();
+        let alive: Vec<Option<String>> = match redis::cmd("MGET")
+            .arg(&alive_keys)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check cluster nodes");
+                return;
+            }
+        };
+        let dead: HashSet<String> = others
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| a.is_none())
+            .map(|(n, _)| (*n).clone())
+            .collect();
+        *self.dead.write().unwrap_or_else(|p| p.into_inner()) = dead.clone();
+        for node in dead {
+            match self.reap(&node).await {
+                Ok(Some(found)) => {
+                    tracing::warn!(node = %node, endpoints = found.len(), "node died; its endpoints are closed as vanished");
+                    if orphans.send(found).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(node = %node, error = %e, "reaping a dead node failed"),
+            }
+        }
+    }
+
+    /// Claims a dead node and removes its registrations; `None` when another node claimed it.
+    async fn reap(&self, node: &str) -> redis::RedisResult<Option<Orphans>> {
+        let mut conn = self.conn.clone();
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.keys.reaped(node))
+            .arg(&self.id)
+            .arg("NX")
+            .arg("EX")
+            .arg(3600)
+            .query_async(&mut conn)
+            .await?;
+        if claimed.is_none() {
+            return Ok(None);
+        }
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_endpoints(node))
+            .query_async(&mut conn)
+            .await?;
+        let mut found = Vec::new();
+        for m in members {
+            let Some((addr, conn_id)) = parse_member(&m) else {
+                tracing::warn!(member = %m, "unreadable registration of a dead node skipped");
+                continue;
+            };
+            let _: i64 = self
+                .unbind
+                .key(self.keys.endpoints(&addr.account))
+                .key("")
+                .arg(addr.epid.to_string())
+                .arg(owner(node, conn_id))
+                .arg("")
+                .invoke_async(&mut conn)
+                .await?;
+            found.push((addr, conn_id));
+        }
+        redis::pipe()
+            .cmd("DEL")
+            .arg(self.keys.node_endpoints(node))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.keys.nodes())
+            .arg(node)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(Some(found))
+    }
+}
+
+/// Routes between the connections of every node of a cluster.
+pub struct RedisRouter {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RedisRouter {
+    /// Joins the cluster: registers this node, subscribes to its channel (before returning, so
+    /// nothing published to it is missed) and starts the heartbeat that also reaps dead nodes.
+    pub async fn start(
+        client: redis::Client,
+        conn: ConnectionManager,
+        keys: Keys,
+        node_ttl: Duration,
+        orphans: mpsc::Sender<Orphans>,
+    ) -> anyhow::Result<RedisRouter> {
+        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            keys: keys.clone(),
+            conn,
+            local: LocalRouter::new(),
+            dead: RwLock::default(),
+            bind: redis::Script::new(BIND),
+            unbind: redis::Script::new(UNBIND),
+            update: redis::Script::new(UPDATE),
+        });
+        let channel = keys.channel(&id);
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| anyhow::anyhow!("routing: cannot subscribe in Redis: {e}"))?;
+        pubsub
+            .subscribe(&channel)
+            .await
+            .map_err(|e| anyhow::anyhow!("routing: cannot subscribe in Redis: {e}"))?;
+        let mut tasks = Vec::new();
+        let sub_shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut pubsub = pubsub;
+            loop {
+                {
+                    let mut stream = pubsub.on_message();
+                    while let Some(msg) = stream.next().await {
+                        sub_shared.handle(msg.get_payload_bytes());
+                    }
+                }
+                tracing::warn!("lost the Redis subscription; reconnecting");
+                pubsub = loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match client.get_async_pubsub().await {
+                        Ok(mut p) => match p.subscribe(&channel).await {
+                            Ok(()) => break p,
+                            Err(e) => tracing::warn!(error = %e, "Redis subscribe failed"),
+                        },
+                        Err(e) => tracing::warn!(error = %e, "Redis reconnect failed"),
+                    }
+                };
+            }
+        }));
+        shared.heartbeat(node_ttl, &orphans).await;
+        let beat_shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let period = (node_ttl / 3).max(Duration::from_millis(100));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                beat_shared.heartbeat(node_ttl, &orphans).await;
+            }
+        }));
+        Ok(RedisRouter { shared, tasks })
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.shared.id
+    }
+
+    async fn register_update(&self, addr: &EndpointAddr, conn_id: u64) {
+        let s = &self.shared;
+        let Some(info) = s.local.info(addr, conn_id) else {
+            return;
+        };
+        let done: redis::RedisResult<i64> = s
+            .update
+            .key(s.keys.endpoints(&addr.account))
+            .arg(addr.epid.to_string())
+            .arg(owner(&s.id, conn_id))
+            .arg(encode_entry(&s.id, conn_id, &info))
+            .invoke_async(&mut s.conn.clone())
+            .await;
+        if let Err(e) = done {
+            tracing::error!(account = %addr.account, error = %e, "endpoint subscription not registered in Redis");
+        }
+    }
+}
+
+impl Drop for RedisRouter {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Router for RedisRouter {
+    async fn bind(&self, addr: EndpointAddr, handle: EndpointHandle) -> Option<EndpointHandle> {
+        let s = &self.shared;
+        let conn_id = handle.conn_id;
+        let entry = encode_entry(&s.id, conn_id, &handle.info);
+        let replaced = s.local.bind(addr.clone(), handle).await;
+        let old: redis::RedisResult<Option<String>> = s
+            .bind
+            .key(s.keys.endpoints(&addr.account))
+            .key(s.keys.node_endpoints(&s.id))
+            .arg(addr.epid.to_string())
+            .arg(entry)
+            .arg(member(&addr, conn_id))
+            .invoke_async(&mut s.conn.clone())
+            .await;
+        match old {
+            Ok(Some(old)) => {
+                if let Some(old) = decode_entry(&addr.epid.to_string(), &old) {
+                    if old.node != s.id && !s.is_dead(&old.node) {
+                        let kick = seal(
+                            &Envelope::Kick {
+                                account: addr.account.to_string(),
+                                epid: addr.epid.to_string(),
+                                conn: old.conn,
+                            },
+                            b"",
+                        );
+                        if let Err(e) = s.publish(&old.node, kick).await {
+                            tracing::warn!(error = %e, "could not end the older connection on another node");
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(account = %addr.account, error = %e, "endpoint not registered in Redis; only this node can reach it")
+            }
+        }
+        replaced
+    }
+
+    async fn unbind(&self, addr: &EndpointAddr, conn_id: u64) {
+        let s = &self.shared;
+        s.local.unbind(addr, conn_id).await;
+        let done: redis::RedisResult<i64> = s
+            .unbind
+            .key(s.keys.endpoints(&addr.account))
+            .key(s.keys.node_endpoints(&s.id))
+            .arg(addr.epid.to_string())
+            .arg(owner(&s.id, conn_id))
+            .arg(member(addr, conn_id))
+            .invoke_async(&mut s.conn.clone())
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(account = %addr.account, error = %e, "endpoint not removed from Redis; it goes when this node does");
+        }
+    }
+
+    async fn set_messaging(&self, addr: &EndpointAddr, conn_id: u64) {
+        self.shared.local.set_messaging(addr, conn_id).await;
+        self.register_update(addr, conn_id).await;
+    }
+
+    async fn set_presence(&self, addr: &EndpointAddr, conn_id: u64) {
+        self.shared.local.set_presence(addr, conn_id).await;
+        self.register_update(addr, conn_id).await;
+    }
+
+    async fn endpoints(&self, account: &AccountName) -> Vec<EndpointInfo> {
+        let s = &self.shared;
+        match s.registered(account).await {
+            Ok(list) => {
+                // This node's own endpoints come from memory, which is never behind.
+                let mut infos = s.local.endpoints(account).await;
+                infos.extend(list.into_iter().filter(|r| r.node != s.id).map(|r| r.info));
+                infos
+            }
+            Err(e) => {
+                tracing::error!(account = %account, error = %e, "Redis unavailable; only this node's endpoints are known");
+                s.local.endpoints(account).await
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        account: &AccountName,
+        filter: DeliveryFilter,
+        item: Outbound,
+    ) -> usize {
+        let s = &self.shared;
+        let remote = match s.registered(account).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(account = %account, error = %e, "Redis unavailable; delivering on this node only (sync recovers the rest)");
+                Vec::new()
+            }
+        };
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
+        for r in &remote {
+            if r.node != s.id && filter.accepts(&r.info) {
+                *per_node.entry(r.node.as_str()).or_default() += 1;
+            }
+        }
+        let mut delivered = s.local.deliver_now(account, &filter, &item);
+        if !per_node.is_empty() {
+            let bytes = envelope_for(account, &filter, &item);
+            for (node, n) in per_node {
+                match s.publish(node, bytes.clone()).await {
+                    Ok(()) => delivered += n,
+                    Err(e) => {
+                        tracing::error!(node = %node, error = %e, "publish to another node failed (sync recovers it)")
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    async fn kick_all(&self, reason: KickReason) {
+        self.shared.local.kick_all(reason).await;
+    }
+
+    async fn leave(&self) {
+        let s = &self.shared;
+        for t in &self.tasks {
+            t.abort();
+        }
+        let left: redis::RedisResult<()> = redis::pipe()
+            .cmd("DEL")
+            .arg(s.keys.alive(&s.id))
+            .ignore()
+            .cmd("DEL")
+            .arg(s.keys.node_endpoints(&s.id))
+            .ignore()
+            .cmd("SREM")
+            .arg(s.keys.nodes())
+            .arg(&s.id)
+            .ignore()
+            .query_async(&mut s.conn.clone())
+            .await;
+        match left {
+            Ok(()) => tracing::info!(node = %s.id, "left the cluster"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not leave the cluster cleanly; the others will reap this node")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msnp24_proto::Headers;
+
+    fn epid() -> Epid {
+        Epid::parse("{00000001-0000-0000-0000-000000000000}").unwrap()
+    }
+
+    #[test]
+    fn registrations_survive_their_encoding() {
+        let info = EndpointInfo {
+            epid: epid(),
+            ver: 2,
+            client_name: "Skype|x".into(),
+            client_ver: "7.0".into(),
+            messaging: true,
+            presence: false,
+        };
+        let raw = encode_entry("abc", u64::MAX - 3, &info);
+        let back = decode_entry(&epid().to_string(), &raw).unwrap();
+        assert_eq!((back.node.as_str(), back.conn), ("abc", u64::MAX - 3));
+        assert_eq!(back.info, info);
+        assert!(raw.starts_with(&owner("abc", u64::MAX - 3)));
+        assert!(decode_entry("nope", &raw).is_none());
+        assert!(decode_entry(&epid().to_string(), "abc|1").is_none());
+    }
+
+    #[test]
+    fn envelopes_carry_frames_messages_and_kicks() {
+        let alice = AccountName::parse("alice").unwrap();
+        let filter = DeliveryFilter {
+            except: Some(epid()),
+            messaging_only: true,
+            threads_only: false,
+            presence_only: true,
+        };
+        let frame = Frame::new("NFY", 0, "MSGR\\PUT", b"a\r\nb\n\0binary".to_vec());
+        let bytes = envelope_for(&alice, &filter, &Outbound::Frame(frame.clone()));
+        match open(&bytes).unwrap() {
+            Request::Deliver(a, f, Outbound::Frame(got)) => {
+                assert_eq!(a, alice);
+                assert_eq!(got, frame);
+                assert_eq!(f.except, Some(epid()));
+                assert!(f.messaging_only && f.presence_only && !f.threads_only);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut m =
+            FormattedMessage::new("8:alice", "8:bob", ("Messaging", "2.0"), "hi\r\n\r\nthere");
+        m.content.push("Message-Type", "Text");
+        let d = Delivery {
+            message: m.clone(),
+            arrival_ms: 42,
+            stored: Some(("8:alice|8:bob".into(), 42)),
+        };
+        let bytes = envelope_for(&alice, &filter, &Outbound::Message(Arc::new(d)));
+        match open(&bytes).unwrap() {
+            Request::Deliver(_, _, Outbound::Message(got)) => {
+                assert_eq!(
+                    got.message.to_payload(&Headers::new()),
+                    m.to_payload(&Headers::new())
+                );
+                assert_eq!(got.arrival_ms, 42);
+                assert_eq!(got.stored, Some(("8:alice|8:bob".into(), 42)));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let kick = seal(
+            &Envelope::Kick {
+                account: "alice".into(),
+                epid: epid().to_string(),
+                conn: 7,
+            },
+            b"",
+        );
+        assert!(matches!(open(&kick).unwrap(), Request::Kick(a, 7) if a.epid == epid()));
+        assert!(open(b"not json\n").is_err());
+        assert!(open(b"no newline").is_err());
+    }
+
+    #[test]
+    fn members_survive_their_encoding() {
+        let addr = EndpointAddr {
+            account: AccountName::parse("bob").unwrap(),
+            epid: epid(),
+        };
+        assert_eq!(parse_member(&member(&addr, 9)), Some((addr, 9)));
+        assert_eq!(parse_member("bob\tx\t1"), None);
+    }
+}

@@ -1,0 +1,439 @@
+//! Presence (§4.3–§4.5): the documents of every online account, the status rules, and the
+//! fan-out of `NFY MSGR\PUT` / `NFY MSGR\DEL` to watchers and to the account's own endpoints.
+//!
+//! Presence is not durable: clients publish everything again at sign-in. It lives in a
+//! [`PresenceStore`]: this process's memory on one node, or a store all nodes of a cluster share.
+//! Who may see whom is durable and lives in the contact lists
+//! ([`crate::storage::Storage::presence_watchers`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use msnp24_proto::xml::presence_doc::UserDoc;
+use msnp24_proto::{AccountName, Epid, FormattedMessage, Frame, Headers};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::routing::{DeliveryFilter, Outbound, Router};
+use crate::state::now_ms;
+use crate::storage::Storage;
+
+mod state;
+pub mod store;
+
+pub use state::{AccountState, Status, View};
+pub use store::{MemoryPresenceStore, PresenceStore, Timer};
+
+use state::{clean_sep, clean_service, views, EndpointState, Views};
+
+/// `ACTIVEENDPOINT` timeouts beyond this are treated as this (keeps deadline arithmetic safe).
+const MAX_ACTIVE_SECS: u64 = 24 * 3600;
+
+/// The presence service: one per server, shared by every connection.
+pub struct PresenceService {
+    store: Arc<dyn PresenceStore>,
+    storage: Arc<dyn Storage>,
+    router: Arc<dyn Router>,
+    keepalive: Duration,
+    wake: Notify,
+    notif_num: AtomicU64,
+}
+
+/// What a change left behind, for fan-out.
+struct Change {
+    before: Views,
+    after: Views,
+    from: Option<Epid>,
+}
+
+impl PresenceService {
+    /// A service with no one online; `keepalive` is how long a vanished endpoint stays present.
+    pub fn new(
+        store: Arc<dyn PresenceStore>,
+        storage: Arc<dyn Storage>,
+        router: Arc<dyn Router>,
+        keepalive: Duration,
+    ) -> PresenceService {
+        PresenceService {
+            store,
+            storage,
+            router,
+            keepalive,
+            wake: Notify::new(),
+            // Distinct per process, so notifications from two nodes of a cluster rarely share one.
+            notif_num: AtomicU64::new(u64::from(rand::random::<u16>()) << 32 | 1),
+        }
+    }
+
+    /// Applies `f` to the account's state (created if absent), stores the result and schedules
+    /// the deadlines `f` asked for; `None` when the store failed and nothing changed. The caller
+    /// holds the account's lock.
+    async fn mutate(
+        &self,
+        account: &AccountName,
+        cause: Option<&Epid>,
+        f: impl FnOnce(&mut AccountState, &mut Vec<i64>),
+    ) -> Option<Change> {
+        let loaded = match self.store.load(account).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(account = %account, error = %e, "presence unavailable; change dropped");
+                return None;
+            }
+        };
+        let before = views(loaded.as_ref());
+        let mut state = loaded.clone().unwrap_or_default();
+        let mut deadlines = Vec::new();
+        f(&mut state, &mut deadlines);
+        if let Some(c) = cause {
+            state.last_cause = Some(c.clone());
+        }
+        let from = cause.cloned().or_else(|| state.sender_epid().cloned());
+        let after_state = (!state.endpoints.is_empty()).then_some(state);
+        if after_state != loaded {
+            if let Err(e) = self.store.save(account, after_state.as_ref()).await {
+                tracing::error!(account = %account, error = %e, "presence not saved; change dropped");
+                return None;
+            }
+        }
+        if let (Some(epid), false) = (cause, deadlines.is_empty()) {
+            for at_ms in deadlines.drain(..) {
+                let timer = Timer {
+                    at_ms,
+                    account: account.clone(),
+                    epid: epid.clone(),
+                };
+                if let Err(e) = self.store.schedule(timer).await {
+                    tracing::error!(account = %account, error = %e, "presence deadline lost");
+                }
+            }
+            self.wake.notify_one();
+        }
+        Some(Change {
+            before,
+            after: views(after_state.as_ref()),
+            from,
+        })
+    }
+
+    /// A connection bound `epid`: a new endpoint, or the same epid taking over from a connection
+    /// that vanished or was replaced (its presence carries on without flickering offline).
+    pub async fn bound(&self, account: &AccountName, epid: &Epid, conn_id: u64) {
+        let _turn = self.store.lock(account).await;
+        // Nothing others see changes (the endpoint has published nothing, or carries on).
+        self.mutate(account, None, |state, _| match state.endpoint_mut(epid) {
+            Some(e) => {
+                e.conn_id = conn_id;
+                e.gone_until = None;
+            }
+            None => state
+                .endpoints
+                .push(EndpointState::new(epid.clone(), conn_id)),
+        })
+        .await;
+    }
+
+    /// `PUT MSGR\PRESENCE`: merges `<s>` per account and `<sep>` per endpoint; `<s n="IM">`'s
+    /// `<Status>` is this endpoint's own status. Returns how many endpoints were notified.
+    pub async fn publish(&self, account: &AccountName, epid: &Epid, doc: UserDoc) -> usize {
+        let _turn = self.store.lock(account).await;
+        let change = self.mutate(account, Some(epid), |state, _| {
+            let status = doc.status().map(Status::from_published);
+            for s in &doc.services {
+                let clean = clean_service(s);
+                match state.services.iter_mut().find(|m| m.name == s.name) {
+                    Some(merged) => merged.merge(&clean),
+                    None => state.services.push(clean),
+                }
+            }
+            if state.endpoint_mut(epid).is_none() {
+                state.endpoints.push(EndpointState::new(epid.clone(), 0));
+            }
+            let Some(e) = state.endpoint_mut(epid) else {
+                return;
+            };
+            e.published = true;
+            if let Some(status) = status {
+                e.status = status;
+            }
+            for sep in &doc.endpoints {
+                let clean = clean_sep(sep, epid);
+                match e.seps.iter_mut().find(|m| m.name == sep.name) {
+                    Some(merged) => merged.merge(&clean),
+                    None => e.seps.push(clean),
+                }
+            }
+        });
+        match change.await {
+            Some(change) => self.fan_out(account, change).await,
+            None => 0,
+        }
+    }
+
+    /// `PUT MSGR\ACTIVEENDPOINT` (§4.5): active for `timeout` seconds, idle now when 0.
+    pub async fn active(&self, account: &AccountName, epid: &Epid, timeout: u64) -> usize {
+        let _turn = self.store.lock(account).await;
+        let now = now_ms();
+        let change = self.mutate(account, Some(epid), |state, deadlines| {
+            let Some(e) = state.endpoint_mut(epid) else {
+                return;
+            };
+            if timeout == 0 {
+                e.idle = true;
+                e.active_until = None;
+            } else {
+                let at = now + (timeout.min(MAX_ACTIVE_SECS) * 1000) as i64;
+                e.idle = false;
+                e.active_until = Some(at);
+                deadlines.push(at);
+            }
+        });
+        match change.await {
+            Some(change) => self.fan_out(account, change).await,
+            None => 0,
+        }
+    }
+
+    /// A connection ended. `vanished` (dropped without `OUT`) keeps the endpoint present for the
+    /// keep-alive time; anything else removes it now.
+    pub async fn closed(&self, account: &AccountName, epid: &Epid, conn_id: u64, vanished: bool) {
+        let _turn = self.store.lock(account).await;
+        let linger = vanished && !self.keepalive.is_zero();
+        let at = now_ms() + self.keepalive.as_millis() as i64;
+        let change = self.mutate(account, Some(epid), |state, deadlines| {
+            let Some(i) = state
+                .endpoints
+                .iter()
+                .position(|e| &e.epid == epid && e.conn_id == conn_id)
+            else {
+                return;
+            };
+            if linger && state.endpoints[i].published {
+                state.endpoints[i].gone_until = Some(at);
+                deadlines.push(at);
+            } else {
+                state.endpoints.remove(i);
+            }
+        });
+        if let Some(change) = change.await {
+            self.fan_out(account, change).await;
+        }
+    }
+
+    /// A deadline passed: the endpoint may have become idle, or its keep-alive run out.
+    async fn fire(&self, timer: Timer) {
+        let _turn = self.store.lock(&timer.account).await;
+        let now = now_ms();
+        let change = self.mutate(&timer.account, Some(&timer.epid), |state, _| {
+            let Some(i) = state.endpoints.iter().position(|e| e.epid == timer.epid) else {
+                return;
+            };
+            let e = &mut state.endpoints[i];
+            if e.gone_until.is_some_and(|t| t <= now) {
+                state.endpoints.remove(i);
+            } else if e.active_until.is_some_and(|t| t <= now) {
+                e.idle = true;
+                e.active_until = None;
+            }
+        });
+        if let Some(change) = change.await {
+            self.fan_out(&timer.account, change).await;
+        }
+    }
+
+    /// Runs idle and keep-alive deadlines until shutdown.
+    pub async fn run_timers(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let next = match self.store.next_due().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence deadlines unavailable");
+                    None
+                }
+            };
+            let mut wait = match next {
+                Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            if let Some(poll) = self.store.poll_interval() {
+                wait = wait.min(poll);
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = self.wake.notified() => continue,
+                _ = tokio::time::sleep_until(Instant::now() + wait) => {}
+            }
+            let due = match self.store.take_due(now_ms()).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence deadlines unavailable");
+                    continue;
+                }
+            };
+            for t in due {
+                self.fire(t).await;
+            }
+        }
+    }
+
+    /// Sends what changed: the whole document (or `DEL`) to every presence-subscribed endpoint of
+    /// every watcher when the others' view changed, and the own view to the account's other
+    /// endpoints. Returns how many endpoints took a notification.
+    async fn fan_out(&self, account: &AccountName, change: Change) -> usize {
+        let mut delivered = 0;
+        let from = change.from.as_ref();
+        if change.before.others != change.after.others {
+            match self.storage.presence_watchers(account).await {
+                Ok(watchers) => {
+                    let doc = change.after.others.as_ref();
+                    for w in &watchers {
+                        let frame = match doc {
+                            Some(doc) => self.put_frame(w, account, from, doc),
+                            None => self.del_frame(w, account),
+                        };
+                        delivered += self.deliver(w, None, frame).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(account = %account, error = %e, "presence watchers unavailable; change not sent")
+                }
+            }
+        }
+        if change.before.own != change.after.own {
+            if let Some(doc) = &change.after.own {
+                let frame = self.put_frame(account, account, from, doc);
+                delivered += self.deliver(account, from.cloned(), frame).await;
+            }
+        }
+        tracing::debug!(account = %account, delivered, "presence change");
+        delivered
+    }
+
+    async fn deliver(&self, to: &AccountName, except: Option<Epid>, frame: Frame) -> usize {
+        let filter = DeliveryFilter {
+            except,
+            presence_only: true,
+            ..DeliveryFilter::default()
+        };
+        self.router
+            .deliver(to, filter, Outbound::Frame(frame))
+            .await
+    }
+
+    /// The document `view` shows of `account`, or `None` when it is offline to that view.
+    pub async fn document(&self, account: &AccountName, view: View) -> Option<UserDoc> {
+        match self.store.load(account).await {
+            Ok(state) => state.and_then(|s| s.render(view)),
+            Err(e) => {
+                tracing::error!(account = %account, error = %e, "presence unavailable");
+                None
+            }
+        }
+    }
+
+    /// `NFY MSGR\PUT` frames for a fresh presence subscription of `epid`: each of `contacts` that is
+    /// online to others, then the account itself if another of its endpoints is present.
+    pub async fn snapshot(
+        &self,
+        account: &AccountName,
+        epid: &Epid,
+        contacts: &[AccountName],
+    ) -> Vec<Frame> {
+        let mut wanted = contacts.to_vec();
+        wanted.push(account.clone());
+        let states: std::collections::HashMap<AccountName, AccountState> = match self
+            .store
+            .load_many(&wanted)
+            .await
+        {
+            Ok(states) => states.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(account = %account, error = %e, "presence snapshot unavailable");
+                return Vec::new();
+            }
+        };
+        let mut frames = Vec::new();
+        for c in contacts {
+            if let Some(state) = states.get(c) {
+                if let Some(doc) = state.render(View::Others) {
+                    frames.push(self.put_frame(account, c, state.sender_epid(), &doc));
+                }
+            }
+        }
+        if let Some(state) = states.get(account) {
+            let others_present = state
+                .endpoints
+                .iter()
+                .any(|e| e.published && &e.epid != epid);
+            if let (true, Some(doc)) = (others_present, state.render(View::Own)) {
+                frames.push(self.put_frame(account, account, state.sender_epid(), &doc));
+            }
+        }
+        frames
+    }
+
+    /// Whether `watcher` may now see `target` changed (a contact-list change): sends `target`'s
+    /// document or `DEL` to `watcher`, if `target` is online to others at all.
+    pub async fn visibility_changed(
+        &self,
+        target: &AccountName,
+        watcher: &AccountName,
+        visible: bool,
+    ) {
+        let _turn = self.store.lock(target).await;
+        let state = match self.store.load(target).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(account = %target, error = %e, "presence unavailable");
+                return;
+            }
+        };
+        let Some(doc) = state.render(View::Others) else {
+            return;
+        };
+        let frame = if visible {
+            self.put_frame(watcher, target, state.sender_epid(), &doc)
+        } else {
+            self.del_frame(watcher, target)
+        };
+        self.deliver(watcher, None, frame).await;
+    }
+
+    fn notification(&self, to: &AccountName, from: String, doc: &UserDoc) -> FormattedMessage {
+        let mut m = FormattedMessage::new(
+            &to.mri().to_string(),
+            &from,
+            ("Notification", "1.0"),
+            doc.to_xml().into_bytes(),
+        );
+        let num = self.notif_num.fetch_add(1, Ordering::Relaxed);
+        m.content.push("NotifNum", num.to_string());
+        m.content.push("Uri", "/user");
+        m.content.push("NotifType", "Full");
+        m.content.push("Content-Type", "application/user+xml");
+        m
+    }
+
+    fn put_frame(
+        &self,
+        to: &AccountName,
+        account: &AccountName,
+        from: Option<&Epid>,
+        doc: &UserDoc,
+    ) -> Frame {
+        let mri = account.mri();
+        let from = match from {
+            Some(e) => mri.with_epid(e.clone()).to_string(),
+            None => mri.to_string(),
+        };
+        let m = self.notification(to, from, doc);
+        Frame::new("NFY", 0, "MSGR\\PUT", m.to_payload(&Headers::new()))
+    }
+
+    fn del_frame(&self, to: &AccountName, account: &AccountName) -> Frame {
+        let m = self.notification(to, account.mri().to_string(), &UserDoc::default());
+        Frame::new("NFY", 0, "MSGR\\DEL", m.to_payload(&Headers::new()))
+    }
+}
