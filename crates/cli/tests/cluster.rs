@@ -1,0 +1,262 @@
+//! Cluster mode end to end: three real `msnp24 serve` processes sharing one database and one
+//! Redis. Users bound to different nodes exchange one-to-one and group messages, see each other's
+//! presence (aggregated over endpoints on different nodes), a second endpoint of an account on
+//! another node gets the carbon copies, binding an epid again on another node ends the older
+//! connection, and SIGKILLing a node mid-conversation loses no acknowledged message while its
+//! users go offline for their watchers once the node's registration and keep-alive run out.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use msnp24_client::{new_epid, Client, Event};
+use msnp24_proto::Frame;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// How long after its last heartbeat a node counts as dead, and a vanished endpoint as gone.
+const NODE_TTL_SECS: u64 = 2;
+const KEEPALIVE_SECS: u64 = 2;
+
+fn redis_url() -> String {
+    std::env::var("MSNP24_TEST_REDIS").unwrap_or_else(|_| {
+        panic!("MSNP24_TEST_REDIS is not set: run the tests with scripts/test, which starts Redis")
+    })
+}
+
+/// One cluster: a configuration every node shares (its own name in Redis, so runs never meet),
+/// and the nodes' data directories.
+struct Cluster {
+    root: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let name = format!("test-{:016x}", rand_u64());
+        let config = root.path().join("cluster.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "routing = \"{}\"\ncluster_name = \"{name}\"\ncluster_node_ttl_secs = {NODE_TTL_SECS}\n\
+                 presence_keepalive_secs = {KEEPALIVE_SECS}\nmax_connections_per_ip = 0\n\
+                 frames_per_sec = 0\n[send_rate]\nper_second = 0\n",
+                redis_url()
+            ),
+        )
+        .unwrap();
+        Cluster { root, config }
+    }
+
+    fn shared_dir(&self) -> PathBuf {
+        self.root.path().join("shared")
+    }
+
+    /// A node (its configuration is the cluster's).
+    fn node(&self) -> Serve {
+        let dir = self.shared_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&self.config, dir.join("test.toml")).unwrap();
+        serve(&dir)
+    }
+
+    fn add_user(&self, name: &str) {
+        let dir = self.shared_dir();
+        let d = dir.to_str().unwrap();
+        run_ok(
+            &["user", "add", name, "--password", PASSWORD, "--data-dir", d],
+            &[],
+        );
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+fn is_presence_of(f: &Frame, account: &str) -> Option<Event> {
+    let e = Event::from_frame(f);
+    match &e {
+        Event::Presence { account: a, .. } | Event::Offline { account: a } if a == account => {
+            Some(e)
+        }
+        _ => None,
+    }
+}
+
+/// Waits for a presence notification about `account` that `pred` accepts.
+async fn presence(c: &mut Client, account: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let f = c
+        .wait_for(WAIT, |f| {
+            is_presence_of(f, account).is_some_and(|e| pred(&e))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: no such presence about {account}: {e}", c.address()));
+    Event::from_frame(&f)
+}
+
+fn status_is(want: &'static str, endpoints: usize) -> impl Fn(&Event) -> bool {
+    move |e| matches!(e, Event::Presence { status, endpoints: n, .. } if status == want && *n == endpoints)
+}
+
+/// Waits for a message with this text.
+async fn message(c: &mut Client, from: &str, text: &str) {
+    c.wait_for(WAIT, |f| {
+        matches!(Event::from_frame(f), Event::Message { from: fr, text: t, .. } if fr.starts_with(from) && t == text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{}: no \"{text}\" from {from}: {e}", c.address()));
+}
+
+/// Makes two accounts contacts through the protocol: `a` asks (on its node), `b` accepts (on its).
+async fn befriend(a: &mut Client, b: &mut Client, a_name: &str, b_name: &str) {
+    a.add_contact(b_name).await.unwrap();
+    b.wait_for(WAIT, |f| {
+        matches!(Event::from_frame(f), Event::ContactRequests { from } if from.iter().any(|n| n == a_name))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{b_name} never saw {a_name}'s request: {e}"));
+    b.allow_contact(a_name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_messages_presence_threads_and_survive_a_kill() {
+    let cluster = Cluster::new();
+    for name in ["alice", "bob", "carol"] {
+        cluster.add_user(name);
+    }
+    let node_a = cluster.node();
+    let node_b = cluster.node();
+    let mut node_c = cluster.node();
+
+    // alice on A (and a second endpoint on C), bob on B, carol on C.
+    let mut alice = sign_in(&node_a, "alice").await;
+    let mut bob = sign_in(&node_b, "bob").await;
+    let mut carol = sign_in(&node_c, "carol").await;
+    befriend(&mut alice, &mut bob, "alice", "bob").await;
+    befriend(&mut carol, &mut bob, "carol", "bob").await;
+
+    // Presence across nodes, aggregated over endpoints on different nodes (§4.3).
+    alice.set_presence("BSY", None).await.unwrap();
+    presence(&mut bob, "8:alice", status_is("BSY", 1)).await;
+    let mut alice2 = sign_in(&node_c, "alice").await;
+    alice2.set_presence("NLN", None).await.unwrap();
+    presence(&mut bob, "8:alice", status_is("NLN", 2)).await;
+    bob.set_presence("AWY", None).await.unwrap();
+    presence(&mut alice, "8:bob", status_is("AWY", 1)).await;
+    presence(&mut alice2, "8:bob", status_is("AWY", 1)).await;
+    carol.set_presence("NLN", None).await.unwrap();
+    presence(&mut bob, "8:carol", status_is("NLN", 1)).await;
+
+    // One-to-one between nodes; the sender's endpoint on another node gets the carbon copy, and
+    // both of alice's endpoints get bob's answer.
+    alice.send_text("8:bob", "hello from A").await.unwrap();
+    message(&mut bob, "8:alice", "hello from A").await;
+    message(&mut alice2, "8:alice", "hello from A").await;
+    bob.send_text("8:alice", "hello from B").await.unwrap();
+    message(&mut alice, "8:bob", "hello from B").await;
+    message(&mut alice2, "8:bob", "hello from B").await;
+
+    // A group chat whose members are on three nodes.
+    let thread = alice
+        .create_thread(&["bob", "carol"], Some("across"))
+        .await
+        .unwrap();
+    alice.send_text(&thread, "to the group").await.unwrap();
+    for c in [&mut bob, &mut carol, &mut alice2] {
+        message(c, "8:alice", "to the group").await;
+    }
+    carol.send_text(&thread, "from C").await.unwrap();
+    for c in [&mut alice, &mut bob, &mut alice2] {
+        message(c, "8:carol", "from C").await;
+    }
+
+    // The same epid bound on another node ends the older connection with OtherLocation.
+    let epid = new_epid();
+    let mut bob_old = sign_in_as(&node_a, "bob", &epid).await;
+    let _bob_new = sign_in_as(&node_b, "bob", &epid).await;
+    bob_old
+        .wait_for(WAIT, |f| {
+            matches!(Event::from_frame(f), Event::SignedOut { reason: Some(r) } if r == "OtherLocation")
+        })
+        .await
+        .expect("the older connection on node A was not told OtherLocation");
+
+    // Kill node C while carol (on it) streams to bob: every answered message is kept, once.
+    let count = Arc::new(AtomicUsize::new(0));
+    let sender = sign_in(&node_c, "carol").await;
+    let streaming = tokio::spawn(stream(sender, "8:bob", count.clone()));
+    while count.load(Ordering::SeqCst) < 200 {
+        assert!(!streaming.is_finished(), "the stream stopped early");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node_c.kill();
+    let killed_at = Instant::now();
+    let answered = streaming.await.unwrap();
+    assert!(answered.len() >= 200);
+
+    // bob watched carol: she goes offline once node C's registration expires and her
+    // endpoints' keep-alive runs out on a surviving node; alice's endpoint on C vanished too, so
+    // bob sees her with one endpoint again (both notifications come together, in either order).
+    let (mut carol_gone, mut alice_shrunk) = (false, false);
+    while !(carol_gone && alice_shrunk) {
+        let f = bob
+            .wait_for(WAIT, |f| {
+                is_presence_of(f, "8:carol").is_some() || is_presence_of(f, "8:alice").is_some()
+            })
+            .await
+            .expect("no presence change after node C died");
+        carol_gone |=
+            is_presence_of(&f, "8:carol").is_some_and(|e| matches!(e, Event::Offline { .. }));
+        alice_shrunk |= is_presence_of(&f, "8:alice").is_some_and(|e| status_is("BSY", 1)(&e));
+    }
+    let offline_after = killed_at.elapsed();
+    assert!(
+        offline_after >= Duration::from_secs(KEEPALIVE_SECS),
+        "offline after {offline_after:?}, before the keep-alive ran out"
+    );
+
+    // carol signs in again on a surviving node and finds everything in history, exactly once.
+    let carol_again = sign_in(&node_a, "carol").await;
+    for (c, with) in [(&carol_again, "8:bob"), (&bob, "8:carol")] {
+        let history = c.history(with, None, 100).await.unwrap();
+        let mut seen: HashMap<&str, u64> = HashMap::new();
+        for m in history.iter().filter(|m| m.content.starts_with("msg ")) {
+            assert!(
+                seen.insert(&m.content, m.message_id).is_none(),
+                "{} is in history twice",
+                m.content
+            );
+        }
+        for (text, id) in &answered {
+            assert_eq!(
+                seen.get(text.as_str()),
+                Some(id),
+                "answered message {text} lost"
+            );
+        }
+        eprintln!(
+            "{}: answered {}, in history {} after SIGKILL of node C",
+            c.address(),
+            answered.len(),
+            seen.len()
+        );
+    }
+    for c in [&alice, &bob, &alice2, &carol_again] {
+        assert_conformant_client(c);
+    }
+    drop((node_a, node_b));
+}
