@@ -33,6 +33,7 @@ fn redis_url() -> String {
 struct Cluster {
     root: tempfile::TempDir,
     config: PathBuf,
+    name: String,
 }
 
 impl Cluster {
@@ -50,7 +51,7 @@ impl Cluster {
             ),
         )
         .unwrap();
-        Cluster { root, config }
+        Cluster { root, config, name }
     }
 
     fn shared_dir(&self) -> PathBuf {
@@ -259,4 +260,47 @@ async fn three_nodes_share_messages_presence_threads_and_survive_a_kill() {
         assert_conformant_client(c);
     }
     drop((node_a, node_b));
+}
+
+/// A node whose registration expired while it was alive (a partition, a long pause) may have been
+/// reaped: when it sees that, it drops its connections (without `OUT`) so the clients reconnect
+/// and get their routing and presence back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presumed_dead_drops_its_connections_to_rejoin() {
+    let cluster = Cluster::new();
+    cluster.add_user("alice");
+    let node = cluster.node();
+    let mut alice = sign_in(&node, "alice").await;
+
+    let redis = redis::Client::open(redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("msnp24:{}:alive:*", cluster.name);
+    let alive: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(alive.len(), 1, "one node registered: {alive:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(&alive[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // The next heartbeat (a third of the node TTL) notices and drops the connection, silently.
+    let end = alice
+        .wait_for(WAIT, |f| f.cmd == "OUT")
+        .await
+        .expect_err("no OUT: the connection just closes");
+    assert!(end.to_string().contains("closed"), "{end}");
+    // The node registered again and serves a new sign-in.
+    let again = sign_in(&node, "alice").await;
+    again.ping().await.unwrap();
+    let alive: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(alive.len(), 1);
+    assert_conformant_client(&alice);
 }

@@ -9,6 +9,7 @@
 //! vanished connections (their presence lingers for the keep-alive, then goes offline).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -277,6 +278,8 @@ struct Shared {
     local: LocalRouter,
     /// Nodes whose alive key was found gone: their registrations are ignored.
     dead: RwLock<HashSet<String>>,
+    /// Set once the first heartbeat registered this node.
+    joined: AtomicBool,
     bind: redis::Script,
     unbind: redis::Script,
     update: redis::Script,
@@ -333,22 +336,39 @@ impl Shared {
     /// Refreshes this node's alive key, then looks for dead nodes and reaps those it can claim.
     async fn heartbeat(&self, ttl: Duration, orphans: &mpsc::Sender<Orphans>) {
         let mut conn = self.conn.clone();
-        let refreshed: redis::RedisResult<()> = redis::pipe()
+        let refreshed: redis::RedisResult<(Option<String>,)> = redis::pipe()
             .cmd("SET")
             .arg(self.keys.alive(&self.id))
             .arg(1)
             .arg("PX")
             .arg(ttl.as_millis() as u64)
-            .ignore()
+            .arg("GET")
             .cmd("SADD")
             .arg(self.keys.nodes())
             .arg(&self.id)
             .ignore()
             .query_async(&mut conn)
             .await;
-        if let Err(e) = refreshed {
-            tracing::warn!(error = %e, "cannot refresh this node's registration in Redis");
-            return;
+        let was_alive = match refreshed {
+            Ok((previous,)) => previous.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh this node's registration in Redis");
+                return;
+            }
+        };
+        if !was_alive && self.joined.swap(true, Ordering::SeqCst) {
+            // Our key expired (a partition, a long pause): the others may have reaped us, taking
+            // our endpoints out of the registry and their presence offline. Clients that
+            // reconnect get all of it back; keeping them would leave them unreachable.
+            tracing::error!(node = %self.id, "this node was presumed dead by the cluster; dropping its connections so they reconnect");
+            let cleared: redis::RedisResult<()> = redis::cmd("DEL")
+                .arg(self.keys.reaped(&self.id))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = cleared {
+                tracing::warn!(error = %e, "cannot clear this node's reaped mark");
+            }
+            self.local.kick_all(KickReason::Rejoin).await;
         }
         let nodes: Vec<String> = match redis::cmd("SMEMBERS")
             .arg(self.keys.nodes())
@@ -470,6 +490,7 @@ impl RedisRouter {
             conn,
             local: LocalRouter::new(),
             dead: RwLock::default(),
+            joined: AtomicBool::new(false),
             bind: redis::Script::new(BIND),
             unbind: redis::Script::new(UNBIND),
             update: redis::Script::new(UPDATE),

@@ -49,6 +49,9 @@ pub enum KickReason {
     SessionTimeout,
     /// The connection stopped reading and its outbound queue filled up.
     SlowConsumer,
+    /// This node was presumed dead by its cluster (its endpoints were taken away): the client is
+    /// dropped without `OUT` so that it reconnects and signs in afresh, as after any outage.
+    Rejoin,
 }
 
 impl KickReason {
@@ -58,7 +61,7 @@ impl KickReason {
             KickReason::OtherLocation => Some("OtherLocation"),
             KickReason::ServerShutdown => Some("ServerShutdown"),
             KickReason::SessionTimeout => Some("SessionTimeout"),
-            KickReason::SlowConsumer => None,
+            KickReason::SlowConsumer | KickReason::Rejoin => None,
         }
     }
 }
