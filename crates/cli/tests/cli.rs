@@ -471,7 +471,7 @@ fn contacts_through_the_client_and_user_contacts() {
 
 #[test]
 fn admin_lists_spam_reports_and_settings() {
-    use msnp24_server::storage::{Setting, SettingScope, SpamReport, Storage};
+    use msnp24_server::storage::{Setting, SettingScope, SpamReport};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let out = run(&["admin", "reports", "--data-dir", d]);
