@@ -5,7 +5,7 @@
 //! in transactions that lock the rows they read, and a transaction that deadlocks or fails to
 //! serialize is retried. Semantics match [`super::sqlite::SqliteStorage`] call for call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
@@ -72,8 +72,14 @@ impl PostgresStorage {
     ) -> StorageResult<Vec<(u32, u32)>> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(updates.len());
-        for u in updates {
+        // Every row is locked first, in one global order, so that concurrent batches touching the
+        // same rows in different orders queue instead of deadlocking.
+        let rows: BTreeSet<(&str, &str)> = updates
+            .iter()
+            .map(|u| (u.owner.as_str(), u.contact.as_str()))
+            .collect();
+        let mut bits: HashMap<(&str, &str), u32> = HashMap::with_capacity(rows.len());
+        for &(owner, contact) in &rows {
             // A placeholder row makes sure there is a row to lock: without it, two processes
             // adding the same row would both read "none" and the later write would lose the
             // earlier one's bits. Nobody else ever sees it with bits 0.
@@ -81,38 +87,49 @@ impl PostgresStorage {
                 "INSERT INTO contacts (owner, contact, bits, updated_at) VALUES ($1, $2, 0, $3)
                  ON CONFLICT (owner, contact) DO NOTHING",
             )
-            .bind(u.owner.as_str())
-            .bind(u.contact.as_str())
+            .bind(owner)
+            .bind(contact)
             .bind(now)
             .execute(&mut *tx)
             .await?;
             let old: i64 = sqlx::query_scalar(
                 "SELECT bits FROM contacts WHERE owner = $1 AND contact = $2 FOR UPDATE",
             )
-            .bind(u.owner.as_str())
-            .bind(u.contact.as_str())
+            .bind(owner)
+            .bind(contact)
             .fetch_one(&mut *tx)
             .await?;
-            let old = stored_bits(old)?;
+            bits.insert((owner, contact), stored_bits(old)?);
+        }
+        let before = bits.clone();
+        let mut out = Vec::with_capacity(updates.len());
+        for u in updates {
+            let key = (u.owner.as_str(), u.contact.as_str());
+            let old = bits.get(&key).copied().unwrap_or(0);
             let new = (old | u.set) & !u.clear & list_bits::ALL;
+            bits.insert(key, new);
+            out.push((old, new));
+        }
+        for &(owner, contact) in &rows {
+            let new = bits.get(&(owner, contact)).copied().unwrap_or(0);
+            let old = before.get(&(owner, contact)).copied().unwrap_or(0);
             if new == 0 {
                 sqlx::query("DELETE FROM contacts WHERE owner = $1 AND contact = $2")
-                    .bind(u.owner.as_str())
-                    .bind(u.contact.as_str())
+                    .bind(owner)
+                    .bind(contact)
                     .execute(&mut *tx)
                     .await?;
             } else if new != old {
                 sqlx::query(
                     "UPDATE contacts SET bits = $3, updated_at = $4 WHERE owner = $1 AND contact = $2",
                 )
-                .bind(u.owner.as_str())
-                .bind(u.contact.as_str())
+                .bind(owner)
+                .bind(contact)
                 .bind(i64::from(new))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
-            out.push((old, new));
         }
         tx.commit().await?;
         Ok(out)
@@ -202,7 +219,7 @@ impl PostgresStorage {
             .activity
             .iter()
             .map(|m| m.conversation.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
         {
             sqlx::query(
                 "INSERT INTO conversation_heads (conversation, last_message_id) VALUES ($1, 0)
