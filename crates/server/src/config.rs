@@ -254,5 +254,6 @@ mod tests {
         assert_eq!(c.login_throttle.lockout_secs, 600);
         assert_eq!(c.send_rate.burst, 50);
         assert_eq!(c.tls_listen.map(|a| a.port()), Some(443));
+        assert_eq!(c.postgres_url().unwrap(), None);
     }
 }
