@@ -765,3 +765,67 @@ fn a_group_chat_through_the_client() {
     assert!(stdout.contains(&format!("left {id}")), "{stdout}");
     assert!(stdout.contains("hello group"), "{stdout}");
 }
+
+/// A fresh database on the PostgreSQL server `scripts/test` starts.
+fn fresh_postgres_db() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("MSNP24_TEST_POSTGRES").expect(
+        "MSNP24_TEST_POSTGRES is not set: run the tests with scripts/test, which starts PostgreSQL",
+    );
+    let name = format!("msnp24_cli_{}", uuid::Uuid::new_v4().simple());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    // The scripts/test URL has a database path and no query string.
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}
+
+#[test]
+fn user_and_admin_commands_work_on_postgres() {
+    let url = fresh_postgres_db();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&[
+        "user",
+        "add",
+        "alice",
+        "--password",
+        "secret1",
+        "--email",
+        "a@example.com",
+        "--storage",
+        &url,
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(BIN)
+        .args(["user", "list", "--data-dir", d])
+        .env("MSNP24_STORAGE", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\ta@example.com\n"
+    );
+    // Nothing of it is in the data directory's SQLite file.
+    let out = run(&["user", "list", "--data-dir", d]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 account(s)"),
+        "{out:?}"
+    );
+    let out = run(&["admin", "reports", "--storage", &url, "--data-dir", d]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 report(s)"),
+        "{out:?}"
+    );
+    let out = run(&["user", "list", "--storage", "mysql://x", "--data-dir", d]);
+    assert!(!out.status.success());
+}
