@@ -1065,3 +1065,34 @@ async fn postgres_servers_with_separate_data_dirs_share_tokens() {
     );
     assert!(claims.is_ok(), "{claims:?}");
 }
+
+/// PostgreSQL refuses a NUL character in text (SQLite stores it): such a message fails alone,
+/// and the messages batched with it are stored all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_failing_message_does_not_fail_its_batch() {
+    let b = postgres().await;
+    let s = b.storage.clone();
+    let n = accounts(s.as_ref(), &["alice", "bob"]).await;
+    let t = now_ms();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let mut m = direct(&n[0], &n[1], &format!("m{i}"), t);
+        if i == 30 {
+            m.sender_epid = "bad\0epid".into();
+        }
+        let s = s.clone();
+        tasks.spawn(async move { (i, s.store_message(m).await) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (i, result) = r.unwrap();
+        assert_eq!(result.is_err(), i == 30, "message {i}: {result:?}");
+    }
+    let key = conversation_key("8:alice", "8:bob");
+    assert_eq!(s.conversation_messages(&key).await.unwrap().len(), 59);
+    s.close().await;
+    // After close, nothing more is accepted.
+    assert!(s
+        .store_message(direct(&n[0], &n[1], "late", t))
+        .await
+        .is_err());
+}

@@ -3,16 +3,19 @@
 //! Every read-modify-write is safe across processes: message ids are allocated by updating a
 //! per-conversation head row (its lock orders the writers of one conversation), other changes run
 //! in transactions that lock the rows they read, and a transaction that deadlocks or fails to
-//! serialize is retried. Semantics match [`super::sqlite::SqliteStorage`] call for call.
+//! serialize is retried. Messages are committed in batches (group commit), like SQLite's writer.
+//! Semantics match [`super::sqlite::SqliteStorage`] call for call.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use msnp24_proto::AccountName;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{
     list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
@@ -28,10 +31,123 @@ const MAX_ATTEMPTS: u32 = 5;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Transactions committing message batches at once, per process.
+const WRITERS: u32 = 4;
+/// Most messages committed by one transaction.
+const MAX_BATCH: usize = 256;
+/// Messages waiting for a writer before callers are held back.
+const WRITE_QUEUE: usize = 4096;
+
 /// PostgreSQL-backed [`Storage`].
 #[derive(Clone)]
 pub struct PostgresStorage {
     pool: PgPool,
+    writer: mpsc::Sender<Write>,
+}
+
+/// A message for the batching writer, or the request to stop it.
+enum Write {
+    Message(
+        Box<NewMessage>,
+        oneshot::Sender<StorageResult<StoredMessage>>,
+    ),
+    /// Finish the batches in flight, refuse what is queued, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+fn writer_gone() -> StorageError {
+    StorageError::NotCommitted("storage is closed".into())
+}
+
+/// Group commit, as the SQLite writer does it: whatever is queued when a writer is free goes into
+/// one transaction, so one WAL flush makes many messages durable. Up to [`WRITERS`] batches commit
+/// at once; while they do, new messages queue up, so batches grow with the load and a lone
+/// message goes out at once.
+async fn run_writer(pool: PgPool, mut rx: mpsc::Receiver<Write>) {
+    let permits = Arc::new(Semaphore::new(WRITERS as usize));
+    let mut stop = None;
+    while stop.is_none() {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = Vec::new();
+        for w in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match w {
+                Write::Message(m, reply) => batch.push((*m, reply)),
+                Write::Stop(reply) => {
+                    stop = Some(reply);
+                    break;
+                }
+            }
+            if batch.len() == MAX_BATCH {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                commit_batch(&pool, batch).await;
+                drop(permit);
+            });
+        }
+    }
+    // Wait for every batch in flight, then refuse what came after the stop.
+    let _all = permits.acquire_many(WRITERS).await;
+    rx.close();
+    while let Ok(w) = rx.try_recv() {
+        match w {
+            Write::Message(_, reply) => {
+                let _ = reply.send(Err(writer_gone()));
+            }
+            Write::Stop(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+    if let Some(reply) = stop {
+        let _ = reply.send(());
+    }
+}
+
+type Batch = Vec<(NewMessage, oneshot::Sender<StorageResult<StoredMessage>>)>;
+
+async fn commit_batch(pool: &PgPool, mut batch: Batch) {
+    if batch.len() > 1 {
+        // Conversation order is the lock order of every batch (stable: a conversation's messages
+        // keep their order), so concurrent batches, on any node, never deadlock on head rows.
+        batch.sort_by(|a, b| a.0.conversation.cmp(&b.0.conversation));
+        match try_batch(pool, &batch).await {
+            Ok(stored) => {
+                for ((_, reply), result) in batch.into_iter().zip(stored) {
+                    let _ = reply.send(Ok(result));
+                }
+                return;
+            }
+            Err(e) => {
+                // One bad message (or a conflict) must not fail the others: store each alone.
+                tracing::warn!(error = %e, count = batch.len(), "message batch failed; storing one by one");
+            }
+        }
+    }
+    for (message, reply) in batch {
+        let result = match pool.acquire().await {
+            Ok(mut conn) => insert_message(&mut conn, message).await,
+            Err(e) => Err(e.into()),
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// The whole batch in one transaction; nothing is stored unless everything is.
+async fn try_batch(pool: &PgPool, batch: &Batch) -> StorageResult<Vec<StoredMessage>> {
+    let mut tx = pool.begin().await?;
+    let mut stored = Vec::with_capacity(batch.len());
+    for (message, _) in batch {
+        stored.push(insert_message(&mut tx, message.clone()).await?);
+    }
+    tx.commit().await?;
+    Ok(stored)
 }
 
 impl PostgresStorage {
@@ -44,7 +160,9 @@ impl PostgresStorage {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PostgresStorage { pool })
+        let (writer, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(run_writer(pool.clone(), rx));
+        Ok(PostgresStorage { pool, writer })
     }
 
     /// Runs `attempt` again while it fails only because of a concurrent transaction.
@@ -606,10 +724,12 @@ impl Storage for PostgresStorage {
     }
 
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage> {
-        // One statement is its own transaction: one round trip, and PostgreSQL's group commit
-        // shares the WAL flush between the concurrent writers of all nodes.
-        let mut conn = self.pool.acquire().await?;
-        insert_message(&mut conn, message).await
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Write::Message(Box::new(message), tx))
+            .await
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn conversation_messages(&self, conversation: &str) -> StorageResult<Vec<StoredMessage>> {
@@ -1008,6 +1128,10 @@ impl Storage for PostgresStorage {
     }
 
     async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Write::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
         self.pool.close().await;
     }
 }
