@@ -97,6 +97,9 @@ struct ServeArgs {
     /// Data directory (database, token secret, certificates).
     #[arg(long, env = "MSNP24_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Database: `sqlite` (the file in the data directory) or a postgres:// URL.
+    #[arg(long, env = "MSNP24_STORAGE")]
+    storage: Option<String>,
     /// Plaintext MSNP address.
     #[arg(long, env = "MSNP24_LISTEN")]
     listen: Option<SocketAddr>,
@@ -131,6 +134,9 @@ struct DataDir {
     /// Data directory of the server.
     #[arg(long, env = "MSNP24_DATA_DIR", default_value = "msnp24-data")]
     data_dir: PathBuf,
+    /// Database of the server: `sqlite` (the file in the data directory) or a postgres:// URL.
+    #[arg(long, env = "MSNP24_STORAGE")]
+    storage: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -334,6 +340,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
+    if let Some(s) = args.storage {
+        config.storage = Some(s);
+    }
     if let Some(a) = args.listen {
         config.listen = a;
     }
@@ -409,9 +418,10 @@ async fn wait_for_signal() {
     }
 }
 
-async fn open(dir: &DataDir) -> anyhow::Result<msnp24_server::storage::SqliteStorage> {
+async fn open(dir: &DataDir) -> anyhow::Result<std::sync::Arc<dyn Storage>> {
     let config = Config {
         data_dir: dir.data_dir.clone(),
+        storage: dir.storage.clone(),
         ..Config::default()
     };
     msnp24_server::open_storage(&config).await
@@ -481,7 +491,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             let name = name(&raw)?;
             let email = email.map(|e| checked_email(&e)).transpose()?;
             let storage = open(&dir).await?;
-            match accounts::create(&storage, &name, &password).await {
+            match accounts::create(storage.as_ref(), &name, &password).await {
                 Ok(_) => {}
                 Err(AccountError::Conflict) => bail!("an account named {name} already exists"),
                 Err(e) => bail!("{e}"),
@@ -558,7 +568,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         } => {
             let name = name(&raw)?;
             let storage = open(&dir).await?;
-            match accounts::set_password(&storage, &name, &password).await {
+            match accounts::set_password(storage.as_ref(), &name, &password).await {
                 Ok(()) => println!("password changed for {name}; earlier tokens no longer work"),
                 Err(AccountError::NotFound) => bail!("no account named {name}"),
                 Err(e) => bail!("{e}"),

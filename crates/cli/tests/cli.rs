@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_msnp24");
 
 fn run(args: &[&str]) -> Output {
@@ -471,7 +473,7 @@ fn contacts_through_the_client_and_user_contacts() {
 
 #[test]
 fn admin_lists_spam_reports_and_settings() {
-    use msnp24_server::storage::{Setting, SettingScope, SpamReport, Storage};
+    use msnp24_server::storage::{Setting, SettingScope, SpamReport};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let out = run(&["admin", "reports", "--data-dir", d]);
@@ -764,4 +766,49 @@ fn a_group_chat_through_the_client() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("left {id}")), "{stdout}");
     assert!(stdout.contains("hello group"), "{stdout}");
+}
+
+#[test]
+fn user_and_admin_commands_work_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(common::fresh_postgres_db());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&[
+        "user",
+        "add",
+        "alice",
+        "--password",
+        "secret1",
+        "--email",
+        "a@example.com",
+        "--storage",
+        &url,
+        "--data-dir",
+        d,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(BIN)
+        .args(["user", "list", "--data-dir", d])
+        .env("MSNP24_STORAGE", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\ta@example.com\n"
+    );
+    // Nothing of it is in the data directory's SQLite file.
+    let out = run(&["user", "list", "--data-dir", d]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 account(s)"),
+        "{out:?}"
+    );
+    let out = run(&["admin", "reports", "--storage", &url, "--data-dir", d]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 report(s)"),
+        "{out:?}"
+    );
+    let out = run(&["user", "list", "--storage", "mysql://x", "--data-dir", d]);
+    assert!(!out.status.success());
 }

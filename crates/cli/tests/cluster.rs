@@ -1,7 +1,7 @@
-//! Cluster mode end to end: three real `msnp24 serve` processes sharing one database and one
-//! Redis. Users bound to different nodes exchange one-to-one and group messages, see each other's
-//! presence (aggregated over endpoints on different nodes), a second endpoint of an account on
-//! another node gets the carbon copies, binding an epid again on another node ends the older
+//! Cluster mode end to end: three real `msnp24 serve` processes, each with its own data
+//! directory, sharing one PostgreSQL database and one Redis. Users bound to different nodes
+//! exchange one-to-one and group messages, see each other's presence (aggregated over endpoints
+//! on different nodes), a second endpoint of an account on another node gets the carbon copies, binding an epid again on another node ends the older
 //! connection, and SIGKILLing a node mid-conversation loses no acknowledged message while its
 //! users go offline for their watchers once the node's registration and keep-alive run out.
 
@@ -34,44 +34,52 @@ struct Cluster {
     root: tempfile::TempDir,
     config: PathBuf,
     name: String,
+    storage: String,
+    nodes: usize,
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    /// A fresh database and a fresh name in Redis.
+    async fn new() -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let name = format!("test-{:016x}", rand_u64());
+        let storage = fresh_postgres_db().await;
         let config = root.path().join("cluster.toml");
         std::fs::write(
             &config,
             format!(
-                "routing = \"{}\"\ncluster_name = \"{name}\"\ncluster_node_ttl_secs = {NODE_TTL_SECS}\n\
-                 presence_keepalive_secs = {KEEPALIVE_SECS}\nmax_connections_per_ip = 0\n\
-                 frames_per_sec = 0\n[send_rate]\nper_second = 0\n",
+                "storage = \"{storage}\"\nrouting = \"{}\"\ncluster_name = \"{name}\"\n\
+                 cluster_node_ttl_secs = {NODE_TTL_SECS}\npresence_keepalive_secs = {KEEPALIVE_SECS}\n\
+                 max_connections_per_ip = 0\nframes_per_sec = 0\n[send_rate]\nper_second = 0\n",
                 redis_url()
             ),
         )
         .unwrap();
-        Cluster { root, config, name }
+        Cluster {
+            root,
+            config,
+            name,
+            storage,
+            nodes: 0,
+        }
     }
 
-    fn shared_dir(&self) -> PathBuf {
-        self.root.path().join("shared")
-    }
-
-    /// A node (its configuration is the cluster's).
-    fn node(&self) -> Serve {
-        let dir = self.shared_dir();
+    /// A node with its own data directory (its configuration is the cluster's).
+    fn node(&mut self) -> Serve {
+        self.nodes += 1;
+        let dir = self.root.path().join(format!("node{}", self.nodes));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(&self.config, dir.join("test.toml")).unwrap();
         serve(&dir)
     }
 
+    /// `msnp24 user add` against the cluster's database, from a directory of its own.
     fn add_user(&self, name: &str) {
-        let dir = self.shared_dir();
+        let dir = self.root.path().join("admin");
         let d = dir.to_str().unwrap();
         run_ok(
             &["user", "add", name, "--password", PASSWORD, "--data-dir", d],
-            &[],
+            &[("MSNP24_STORAGE", &self.storage)],
         );
     }
 }
@@ -135,7 +143,7 @@ async fn befriend(a: &mut Client, b: &mut Client, a_name: &str, b_name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_messages_presence_threads_and_survive_a_kill() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new().await;
     for name in ["alice", "bob", "carol"] {
         cluster.add_user(name);
     }
@@ -267,7 +275,7 @@ async fn three_nodes_share_messages_presence_threads_and_survive_a_kill() {
 /// and get their routing and presence back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_presumed_dead_drops_its_connections_to_rejoin() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new().await;
     cluster.add_user("alice");
     let node = cluster.node();
     let mut alice = sign_in(&node, "alice").await;

@@ -13,6 +13,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Where the SQLite database, the token secret and generated certificates live.
     pub data_dir: PathBuf,
+    /// The database: absent or `sqlite` for the SQLite file in `data_dir`, or a
+    /// `postgres://user:password@host/dbname` URL for PostgreSQL (shared by cluster nodes).
+    pub storage: Option<String>,
     /// Plaintext MSNP listener.
     pub listen: SocketAddr,
     /// MSNP over TLS listener; `None` turns it off.
@@ -129,6 +132,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("msnp24-data"),
+            storage: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 1863)),
             tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1864))),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -181,12 +185,30 @@ impl Config {
         Duration::from_secs(self.presence_keepalive_secs)
     }
 
-    /// The Redis URL of the cluster this node joins, if any.
-    pub fn routing_url(&self) -> Option<&str> {
-        self.routing
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty() && *r != "local")
+    /// The Redis URL of the cluster this node joins; `None` alone; an error for anything else.
+    pub fn routing_url(&self) -> anyhow::Result<Option<&str>> {
+        match self.routing.as_deref().map(str::trim) {
+            None | Some("" | "local") => Ok(None),
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(Some(url))
+            }
+            Some(other) => {
+                anyhow::bail!("routing = {other:?}: expected \"local\" or a redis:// URL")
+            }
+        }
+    }
+
+    /// The PostgreSQL URL when `storage` names one; `None` for SQLite; an error for anything else.
+    pub fn postgres_url(&self) -> anyhow::Result<Option<&str>> {
+        match self.storage.as_deref().map(str::trim) {
+            None | Some("" | "sqlite") => Ok(None),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Some(url))
+            }
+            Some(other) => {
+                anyhow::bail!("storage = {other:?}: expected \"sqlite\" or a postgres:// URL")
+            }
+        }
     }
 
     /// Path of the SQLite database inside the data directory.
@@ -209,6 +231,22 @@ mod tests {
         assert_eq!(c.login_throttle.lockout_secs, 1);
         assert_eq!(c.send_rate.burst, 100);
         assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
+    }
+
+    #[test]
+    fn storage_names_sqlite_or_a_postgres_url() {
+        let url = |s: &str| {
+            let c: Config = toml::from_str(&format!("storage = {s:?}")).unwrap();
+            c.postgres_url().map(|u| u.map(str::to_string))
+        };
+        assert_eq!(Config::default().postgres_url().unwrap(), None);
+        assert_eq!(url("sqlite").unwrap(), None);
+        assert_eq!(
+            url("postgres://u:p@db/msnp24").unwrap().as_deref(),
+            Some("postgres://u:p@db/msnp24")
+        );
+        assert!(url("postgresql://db/x").unwrap().is_some());
+        assert!(url("mysql://db/x").is_err());
     }
 
     #[test]
@@ -239,5 +277,6 @@ mod tests {
         assert_eq!(c.login_throttle.lockout_secs, 600);
         assert_eq!(c.send_rate.burst, 50);
         assert_eq!(c.tls_listen.map(|a| a.port()), Some(443));
+        assert_eq!(c.postgres_url().unwrap(), None);
     }
 }

@@ -21,4 +21,4 @@ pub mod tokens;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{open_storage, Server};
+pub use server::{open_storage, open_tokens, Server};

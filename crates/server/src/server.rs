@@ -14,7 +14,7 @@ use crate::cluster::Coordination;
 use crate::config::Config;
 use crate::http::PeerAddr;
 use crate::state::AppState;
-use crate::storage::SqliteStorage;
+use crate::storage::{PostgresStorage, SqliteStorage, Storage};
 use crate::tokens::TokenSigner;
 use crate::transport::{self, tls};
 
@@ -33,20 +33,39 @@ pub struct Server {
     /// PEM file of the local CA clients must trust (absent with an operator's certificate).
     pub ca_cert_path: Option<std::path::PathBuf>,
     state: Arc<AppState>,
-    storage: SqliteStorage,
+    storage: Arc<dyn Storage>,
     shutdown: watch::Sender<bool>,
     done_rx: mpsc::Receiver<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Opens the data directory's database, creating directory and schema as needed.
-pub async fn open_storage(config: &Config) -> anyhow::Result<SqliteStorage> {
+/// Opens the configured database (the data directory's SQLite file by default), creating
+/// directory and schema as needed.
+pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    // Certificates live in the data directory whichever database holds the rest.
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", config.data_dir.display()))?;
+    if let Some(url) = config.postgres_url()? {
+        let storage = PostgresStorage::open(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening PostgreSQL storage: {e}"))?;
+        return Ok(Arc::new(storage));
+    }
     let path = config.database_path();
-    SqliteStorage::open(&path)
+    let storage = SqliteStorage::open(&path)
         .await
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    Ok(Arc::new(storage))
+}
+
+/// The token signer: its key lives in the database when that is shared (PostgreSQL), so that
+/// every node accepts every other's tokens, and in the data directory otherwise.
+pub async fn open_tokens(config: &Config, storage: &dyn Storage) -> anyhow::Result<TokenSigner> {
+    if config.postgres_url()?.is_some() {
+        TokenSigner::shared(storage).await
+    } else {
+        TokenSigner::load_or_create(&config.data_dir)
+    }
 }
 
 /// Closes, as vanished connections, the endpoints of dead nodes this node claimed: their presence
@@ -81,7 +100,7 @@ impl Server {
     /// Opens storage and binds every listener; returns once all are accepting.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let storage = open_storage(&config).await?;
-        let tokens = TokenSigner::load_or_create(&config.data_dir)?;
+        let tokens = open_tokens(&config, storage.as_ref()).await?;
         let tls_material = if config.tls_listen.is_some() || config.https_listen.is_some() {
             Some(certs::load_or_generate(&config)?)
         } else {
@@ -96,7 +115,7 @@ impl Server {
         } = Coordination::from_config(&config).await?;
         let state = Arc::new(AppState::new(
             config.clone(),
-            Arc::new(storage.clone()),
+            storage.clone(),
             router,
             presence,
             locks,

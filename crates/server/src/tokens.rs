@@ -13,6 +13,9 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Name of the token key among the secrets storage keeps.
+const SHARED_KEY_NAME: &str = "token_key";
+
 /// What a token is for; a token of one kind is never accepted as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -87,6 +90,23 @@ impl TokenSigner {
             }
             Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         }
+    }
+
+    /// Loads the secret from storage, storing a new one on first run: nodes sharing a database
+    /// then accept each other's tokens.
+    pub async fn shared(storage: &dyn crate::storage::Storage) -> anyhow::Result<TokenSigner> {
+        let mut candidate = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut candidate);
+        let stored = storage
+            .get_or_create_secret(SHARED_KEY_NAME, &candidate)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the token secret from storage: {e}"))?;
+        let key: [u8; 32] = stored.as_slice().try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "the stored secret {SHARED_KEY_NAME:?} is not 32 bytes; delete it to make a new one (this invalidates every token)"
+            )
+        })?;
+        Ok(TokenSigner { key })
     }
 
     /// A signer with a given key (tests, tools).

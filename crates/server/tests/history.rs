@@ -40,7 +40,15 @@ fn is_iso_ms(t: &str) -> bool {
 
 #[tokio::test]
 async fn a_message_to_an_offline_account_is_found_by_sync_at_sign_in() {
-    let t = TestServer::start().await;
+    offline_message_found_by_sync(TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn a_message_to_an_offline_account_is_found_by_sync_at_sign_in_on_postgres() {
+    offline_message_found_by_sync(TestServer::start_postgres().await).await;
+}
+
+async fn offline_message_found_by_sync(t: TestServer) {
     t.add_user("alice").await;
     t.add_user("bob").await;
     let a = t.signed_in("alice").await;
@@ -418,7 +426,15 @@ async fn consumption_horizon_reaches_the_accounts_other_endpoint() {
 
 #[tokio::test]
 async fn history_and_properties_survive_a_restart() {
-    let mut t = TestServer::start().await;
+    survive_a_restart(TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn history_and_properties_survive_a_restart_on_postgres() {
+    survive_a_restart(TestServer::start_postgres().await).await;
+}
+
+async fn survive_a_restart(mut t: TestServer) {
     t.add_user("alice").await;
     t.add_user("bob").await;
     let a = t.signed_in("alice").await;

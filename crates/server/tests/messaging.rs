@@ -56,7 +56,15 @@ async fn stored(t: &TestServer, a: &str, b: &str) -> usize {
 
 #[tokio::test]
 async fn two_endpoints_each_see_the_right_frames_with_the_reference_headers() {
-    let t = TestServer::start().await;
+    two_endpoints_each_see_the_right_frames(TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn two_endpoints_each_see_the_right_frames_on_postgres() {
+    two_endpoints_each_see_the_right_frames(TestServer::start_postgres().await).await;
+}
+
+async fn two_endpoints_each_see_the_right_frames(t: TestServer) {
     t.add_user("alice").await;
     t.add_user("bob").await;
     let mut a1 = t.signed_in("alice").await;
@@ -183,7 +191,15 @@ async fn ack_is_answered_and_recorded_for_the_endpoint() {
 
 #[tokio::test]
 async fn forged_from_is_rewritten_and_retries_are_stored_once() {
-    let t = TestServer::start().await;
+    forged_from_and_retries(TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn forged_from_is_rewritten_and_retries_are_stored_once_on_postgres() {
+    forged_from_and_retries(TestServer::start_postgres().await).await;
+}
+
+async fn forged_from_and_retries(t: TestServer) {
     t.add_user("alice").await;
     t.add_user("bob").await;
     let a = t.signed_in("alice").await;

@@ -3,12 +3,19 @@
 //! Ignored by default; the figures go to BENCHMARKS.md:
 //!
 //!     cargo test --release -p msnp24-server --test store_bench -- --ignored --nocapture
+//!
+//! The PostgreSQL variant needs the server `scripts/test` starts (`scripts/test --release -p
+//! msnp24-server --test store_bench -- --ignored --nocapture`).
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use msnp24_proto::AccountName;
-use msnp24_server::storage::{conversation_key, NewMessage, Participant, SqliteStorage, Storage};
+use msnp24_server::storage::{
+    conversation_key, NewMessage, Participant, PostgresStorage, SqliteStorage, Storage,
+};
 
 /// Messages stored per run, whatever the number of senders.
 const MESSAGES: usize = 4000;
@@ -66,6 +73,43 @@ async fn store_throughput_with_group_commit() {
         let total = per_sender * senders;
         println!(
             "{senders:7} | {total:8} | {secs:7.2} | {:14.0}",
+            total as f64 / secs
+        );
+        let stored = storage
+            .conversation_messages(&conversation_key("8:sender0", "8:peer0"))
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), per_sender);
+        storage.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+async fn postgres_store_throughput() {
+    println!("PostgreSQL: senders | messages | seconds | durable msgs/s");
+    for senders in [1usize, 4, 16, 64, 256] {
+        let url = common::fresh_postgres_db().await;
+        let storage = Arc::new(PostgresStorage::open(&url).await.unwrap());
+        let per_sender = MESSAGES / senders;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..senders {
+            let storage = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                let (from, to) = (format!("sender{s}"), format!("peer{s}"));
+                for i in 0..per_sender {
+                    storage.store_message(message(&from, &to, i)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let total = per_sender * senders;
+        println!(
+            "{senders:19} | {total:8} | {secs:7.2} | {:14.0}",
             total as f64 / secs
         );
         let stored = storage

@@ -816,7 +816,7 @@ async fn fanout(args: &TargetArgs, members: usize, messages: usize) -> anyhow::R
 async fn presence(args: &TargetArgs, watchers: usize, changes: usize) -> anyhow::Result<Report> {
     raise_file_limit(4 * watchers as u64 + 1024);
     let target = Target::prepare(args, "pr", watchers + 1).await?;
-    make_mutual_contacts(&target.data_dir, "pr", watchers).await?;
+    make_mutual_contacts(&target, "pr", watchers).await?;
     let connector = Arc::new(Connector::new(args, &target, watchers + 1)?);
     let mut clients = sign_in_all(&target, &connector, "pr", watchers + 1).await?;
     let star = clients.remove(0);

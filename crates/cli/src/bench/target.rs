@@ -31,6 +31,10 @@ pub struct TargetArgs {
     /// (default: a fresh temporary directory).
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// The server's database: `sqlite` (the file in the data directory) or a postgres:// URL
+    /// (accounts and the token key are then made there).
+    #[arg(long, env = "MSNP24_STORAGE", global = true)]
+    pub storage: Option<String>,
     /// PID of the running server, for its RSS and CPU.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
@@ -55,6 +59,8 @@ pub struct Target {
     pub http: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// The server's database, as `--storage` names it.
+    pub storage: Option<String>,
     /// Server PID (for /proc).
     pub pid: Option<u32>,
     child: Option<Child>,
@@ -92,8 +98,14 @@ impl Target {
             }
         };
         std::fs::create_dir_all(&data_dir)?;
-        create_accounts(&data_dir, prefix, accounts).await?;
-        let signer = TokenSigner::load_or_create(&data_dir)?;
+        let config = server_config(&data_dir, &args.storage);
+        let storage = msnp24_server::open_storage(&config).await?;
+        let made = create_accounts(storage.as_ref(), prefix, accounts).await;
+        let signer = msnp24_server::open_tokens(&config, storage.as_ref()).await;
+        storage.close().await;
+        made?;
+        let signer = signer?;
+        let storage = args.storage.clone();
         if let Some(msnp) = args.server {
             let Some(http) = args.http.clone() else {
                 bail!("--server needs --http");
@@ -103,6 +115,7 @@ impl Target {
                 msnp_tls: args.tls_server,
                 http,
                 data_dir,
+                storage,
                 pid: args.server_pid,
                 child: None,
                 _tmp: tmp,
@@ -118,8 +131,12 @@ impl Target {
             "max_connections_per_ip = 0\nframes_per_sec = 0\n\n[send_rate]\nper_second = 0.0\n",
         )?;
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .arg("serve")
+        let mut command = Command::new(exe);
+        command.arg("serve");
+        if let Some(url) = &storage {
+            command.args(["--storage", url]);
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
@@ -147,6 +164,7 @@ impl Target {
             http: format!("http://127.0.0.1:{http}"),
             pid: Some(child.id()),
             data_dir,
+            storage,
             child: Some(child),
             _tmp: tmp,
             signer,
@@ -179,17 +197,21 @@ impl Target {
     }
 }
 
+/// The configuration naming the benchmarked server's database.
+fn server_config(data_dir: &Path, storage: &Option<String>) -> msnp24_server::Config {
+    msnp24_server::Config {
+        data_dir: data_dir.to_path_buf(),
+        storage: storage.clone(),
+        ..msnp24_server::Config::default()
+    }
+}
+
 /// Creates missing accounts `{prefix}0…` with one password hash computed once (argon2 on every
 /// account would take minutes; the `login` scenario measures it).
-async fn create_accounts(data_dir: &Path, prefix: &str, count: usize) -> anyhow::Result<()> {
+async fn create_accounts(storage: &dyn Storage, prefix: &str, count: usize) -> anyhow::Result<()> {
     if count == 0 {
         return Ok(());
     }
-    let config = msnp24_server::Config {
-        data_dir: data_dir.to_path_buf(),
-        ..msnp24_server::Config::default()
-    };
-    let storage = msnp24_server::open_storage(&config).await?;
     let first = AccountName::parse(&format!("{prefix}0"))?;
     let (hash, legacy) = accounts::hash_credentials(&first, PASSWORD).await?;
     let names: Vec<AccountName> = (0..count)
@@ -200,23 +222,19 @@ async fn create_accounts(data_dir: &Path, prefix: &str, count: usize) -> anyhow:
     for name in names.iter().filter(|n| !have.contains(*n)) {
         storage.create_account(name, &hash, &legacy).await?;
     }
-    storage.close().await;
     Ok(())
 }
 
 /// Makes `{prefix}0` and each of `{prefix}1…{prefix}{others}` mutual contacts (watch and allow
 /// both ways), directly in the data directory, so presence flows between them.
 pub async fn make_mutual_contacts(
-    data_dir: &Path,
+    target: &Target,
     prefix: &str,
     others: usize,
 ) -> anyhow::Result<()> {
     use msnp24_server::storage::list_bits::{ALLOW, FORWARD};
     use msnp24_server::storage::ContactUpdate;
-    let config = msnp24_server::Config {
-        data_dir: data_dir.to_path_buf(),
-        ..msnp24_server::Config::default()
-    };
+    let config = server_config(&target.data_dir, &target.storage);
     let storage = msnp24_server::open_storage(&config).await?;
     let star = AccountName::parse(&format!("{prefix}0"))?;
     let mut updates = Vec::with_capacity(2 * others);

@@ -160,3 +160,20 @@ pub fn assert_conformant_client(c: &Client) {
     let v = c.violations();
     assert!(v.is_empty(), "frames broke §0: {v:#?}");
 }
+
+/// A fresh, empty database on the PostgreSQL server `scripts/test` starts; returns its URL.
+pub async fn fresh_postgres_db() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("MSNP24_TEST_POSTGRES").expect(
+        "MSNP24_TEST_POSTGRES is not set: run the tests with scripts/test, which starts PostgreSQL",
+    );
+    let name = format!("msnp24_cli_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // The scripts/test URL has a database path and no query string.
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}

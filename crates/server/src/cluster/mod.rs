@@ -68,9 +68,13 @@ impl Coordination {
 
     /// What `config.routing` asks for: alone by default, or joining the cluster at a Redis URL.
     pub async fn from_config(config: &Config) -> anyhow::Result<Coordination> {
-        let Some(url) = config.routing_url() else {
+        let Some(url) = config.routing_url()? else {
             return Ok(Coordination::local());
         };
+        if config.postgres_url()?.is_none() {
+            // Works only for nodes on one machine sharing one data directory (tests do this).
+            tracing::warn!("routing through Redis with SQLite storage: every node must share one data directory; use PostgreSQL across machines");
+        }
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("routing: bad Redis URL: {e}"))?;
         let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())

@@ -1,11 +1,13 @@
 //! Durable state behind one small trait, so that handlers never know which database they talk to.
-//! SQLite is the embedded default; a PostgreSQL implementation can sit beside it.
+//! SQLite is the embedded default; PostgreSQL serves several nodes sharing one database.
 
 use async_trait::async_trait;
 use msnp24_proto::AccountName;
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
 /// Storage failures; `Conflict` is the only one callers are expected to handle.
@@ -412,4 +414,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies a thread change, its membership and its activity messages in one transaction;
     /// returns the stored activity messages in order.
     async fn apply_thread_change(&self, change: ThreadChange) -> StorageResult<Vec<StoredMessage>>;
+    /// The secret stored under `name`, storing `candidate` first when there is none; every caller
+    /// (every node sharing the database) gets the first value stored.
+    async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> StorageResult<Vec<u8>>;
+    /// Commits pending writes and closes the connections; nothing may be called afterwards.
+    async fn close(&self);
 }

@@ -1081,6 +1081,25 @@ impl Storage for SqliteStorage {
         tx.commit().await?;
         Ok(stored)
     }
+
+    async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> StorageResult<Vec<u8>> {
+        sqlx::query(
+            "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        let value: Vec<u8> = sqlx::query_scalar("SELECT value FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(value)
+    }
+
+    async fn close(&self) {
+        SqliteStorage::close(self).await;
+    }
 }
 
 #[cfg(test)]

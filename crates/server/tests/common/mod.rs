@@ -57,6 +57,12 @@ impl TestServer {
         }
     }
 
+    /// A server on a fresh PostgreSQL database (see [`fresh_postgres_db`]).
+    pub async fn start_postgres() -> TestServer {
+        let url = fresh_postgres_db().await;
+        Self::start_with(|c| c.storage = Some(url)).await
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().unwrap()
     }
@@ -166,4 +172,58 @@ pub async fn sign_in_many(t: &TestServer, names: &[AccountName]) -> Vec<Client> 
         }
     }
     clients
+}
+
+/// The PostgreSQL server tests may use (a superuser URL), from `MSNP24_TEST_POSTGRES`.
+fn test_postgres() -> String {
+    std::env::var("MSNP24_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "MSNP24_TEST_POSTGRES is not set: run the tests with scripts/test, which starts \
+             PostgreSQL and Redis on loopback (or set it to a postgres:// URL of a superuser)"
+        )
+    })
+}
+
+/// Creates a uniquely named, empty database on the test PostgreSQL server and returns its URL.
+pub async fn fresh_postgres_db() -> String {
+    use sqlx::Connection;
+    let base = test_postgres();
+    let name = format!("msnp24_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to MSNP24_TEST_POSTGRES ({base}): {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+    let _ = conn.close().await;
+    database_url(&base, &name)
+}
+
+/// `base` with its database name replaced by `name` (the query string kept).
+fn database_url(base: &str, name: &str) -> String {
+    let (url, query) = match base.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (base, None),
+    };
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &url[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// The Redis server tests may use, from `MSNP24_TEST_REDIS`.
+pub fn redis_url() -> String {
+    std::env::var("MSNP24_TEST_REDIS").unwrap_or_else(|_| {
+        panic!(
+            "MSNP24_TEST_REDIS is not set: run the tests with scripts/test, which starts \
+             PostgreSQL and Redis on loopback (or set it to a redis:// URL)"
+        )
+    })
 }
