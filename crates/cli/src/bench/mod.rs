@@ -190,33 +190,39 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 /// Connects one client over the chosen transport from a given source address.
 struct Connector {
-    tls: Option<(tokio_rustls::TlsConnector, std::net::SocketAddr)>,
-    msnp: std::net::SocketAddr,
+    tls: Option<(tokio_rustls::TlsConnector, Vec<std::net::SocketAddr>)>,
+    msnp: Vec<std::net::SocketAddr>,
     sources: Vec<std::net::IpAddr>,
 }
 
 impl Connector {
     fn new(args: &TargetArgs, target: &Target, clients: usize) -> anyhow::Result<Connector> {
         let tls = if args.tls {
-            let addr = target.msnp_tls.context("the server has no TLS listener")?;
-            Some((msnp24_client::tls_connector(&target.ca_pem()?)?, addr))
+            let addrs = target
+                .nodes
+                .iter()
+                .map(|n| n.msnp_tls.context("the server has no TLS listener"))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some((msnp24_client::tls_connector(&target.ca_pem()?)?, addrs))
         } else {
             None
         };
         Ok(Connector {
             tls,
-            msnp: target.msnp,
+            msnp: target.nodes.iter().map(|n| n.msnp).collect(),
             sources: sources(args, clients),
         })
     }
 
+    /// Connects client `i`, to node `i` mod the number of nodes.
     async fn connect(&self, i: usize) -> anyhow::Result<Client> {
         let local = self.sources[i % self.sources.len()];
         match &self.tls {
-            Some((connector, addr)) => {
-                Client::connect_tls_with(connector, Some(local), *addr, "localhost").await
+            Some((connector, addrs)) => {
+                let addr = addrs[i % addrs.len()];
+                Client::connect_tls_with(connector, Some(local), addr, "localhost").await
             }
-            None => Client::connect_tcp_from(local, self.msnp).await,
+            None => Client::connect_tcp_from(local, self.msnp[i % self.msnp.len()]).await,
         }
     }
 }
@@ -618,7 +624,7 @@ async fn relay(
     Ok(Report {
         scenario: "relay",
         transport: transport(args),
-        params: serde_json::json!({"pairs": pairs, "rate_per_sender": rate, "duration_secs": duration_secs}),
+        params: serde_json::json!({"pairs": pairs, "rate_per_sender": rate, "duration_secs": duration_secs, "nodes": target.nodes.len()}),
         operations: ops,
         errors: errors.load(Ordering::Relaxed),
         seconds,

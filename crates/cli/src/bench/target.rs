@@ -38,6 +38,14 @@ pub struct TargetArgs {
     /// PID of the running server, for its RSS and CPU.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
+    /// Start this many `serve` processes as one cluster (needs --routing; give --storage a
+    /// postgres:// URL for a real one) and spread the clients over them, client i on node
+    /// i mod N: in `relay` every sender then talks to a receiver on another node.
+    #[arg(long, default_value_t = 1, global = true)]
+    pub nodes: usize,
+    /// The cluster's Redis (`redis://host:port`), with --nodes.
+    #[arg(long, env = "MSNP24_ROUTING", global = true)]
+    pub routing: Option<String>,
     /// Connect over TLS.
     #[arg(long, global = true)]
     pub tls: bool,
@@ -49,31 +57,46 @@ pub struct TargetArgs {
     pub json: bool,
 }
 
-/// A server to drive.
-pub struct Target {
+/// One server process to drive.
+#[derive(Debug, Clone)]
+pub struct Node {
     /// MSNP address.
     pub msnp: SocketAddr,
     /// MSNP over TLS address.
     pub msnp_tls: Option<SocketAddr>,
     /// HTTP base URL.
     pub http: String,
-    /// Data directory.
+    /// Server PID (for /proc).
+    pub pid: Option<u32>,
+}
+
+/// A server to drive: one node, or the nodes of a cluster.
+pub struct Target {
+    /// MSNP address (of the first node).
+    pub msnp: SocketAddr,
+    /// MSNP over TLS address (of the first node).
+    pub msnp_tls: Option<SocketAddr>,
+    /// HTTP base URL (of the first node).
+    pub http: String,
+    /// Every node, the first one first.
+    pub nodes: Vec<Node>,
+    /// Data directory (every started node shares it: its certificates, and SQLite's file).
     pub data_dir: PathBuf,
     /// The server's database, as `--storage` names it.
     pub storage: Option<String>,
-    /// Server PID (for /proc).
-    pub pid: Option<u32>,
-    child: Option<Child>,
+    children: Vec<Child>,
     _tmp: Option<tempfile::TempDir>,
     signer: TokenSigner,
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
+        for child in &mut self.children {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
+        }
+        for child in &mut self.children {
             let _ = child.wait();
         }
     }
@@ -106,69 +129,52 @@ impl Target {
         made?;
         let signer = signer?;
         let storage = args.storage.clone();
+        let mut target = Target {
+            msnp: SocketAddr::from(([127, 0, 0, 1], 0)),
+            msnp_tls: None,
+            http: String::new(),
+            nodes: Vec::new(),
+            data_dir,
+            storage,
+            children: Vec::new(),
+            _tmp: tmp,
+            signer,
+        };
         if let Some(msnp) = args.server {
             let Some(http) = args.http.clone() else {
                 bail!("--server needs --http");
             };
-            return Ok(Target {
+            target.nodes.push(Node {
                 msnp,
                 msnp_tls: args.tls_server,
                 http,
-                data_dir,
-                storage,
                 pid: args.server_pid,
-                child: None,
-                _tmp: tmp,
-                signer,
             });
+        } else {
+            if args.nodes > 1 && args.routing.is_none() {
+                bail!("--nodes {} needs --routing redis://… (and --storage postgres://… for a real cluster)", args.nodes);
+            }
+            // A load test is abusive by design: lift the per-address, per-connection and
+            // per-account limits that protect a real server from exactly this.
+            let mut config = String::from("max_connections_per_ip = 0\nframes_per_sec = 0\n");
+            if let (true, Some(url)) = (args.nodes > 1, &args.routing) {
+                let name = format!("bench-{:08x}", rand_u32());
+                config.push_str(&format!("routing = {url:?}\ncluster_name = {name:?}\n"));
+            }
+            config.push_str("\n[send_rate]\nper_second = 0.0\n");
+            let config_path = target.data_dir.join("bench.toml");
+            std::fs::write(&config_path, config)?;
+            for _ in 0..args.nodes.max(1) {
+                let (child, node) = spawn_node(&target.data_dir, &config_path, &target.storage)?;
+                target.children.push(child);
+                target.nodes.push(node);
+            }
         }
-        let (msnp, tls, http, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
-        // A load test is abusive by design: lift the per-address, per-connection and per-account
-        // limits that protect a real server from exactly this.
-        let config = data_dir.join("bench.toml");
-        std::fs::write(
-            &config,
-            "max_connections_per_ip = 0\nframes_per_sec = 0\n\n[send_rate]\nper_second = 0.0\n",
-        )?;
-        let exe = std::env::current_exe()?;
-        let mut command = Command::new(exe);
-        command.arg("serve");
-        if let Some(url) = &storage {
-            command.args(["--storage", url]);
-        }
-        let mut child = command
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen", &format!("127.0.0.1:{msnp}")])
-            .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--https-listen", &format!("127.0.0.1:{https}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting msnp24 serve")?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            BufReader::new(out).read_line(&mut line)?;
-        }
-        if !line.starts_with("msnp24 listening") {
-            let _ = child.kill();
-            bail!("the server did not start: {line:?}");
-        }
-        Ok(Target {
-            msnp: SocketAddr::from(([127, 0, 0, 1], msnp)),
-            msnp_tls: Some(SocketAddr::from(([127, 0, 0, 1], tls))),
-            http: format!("http://127.0.0.1:{http}"),
-            pid: Some(child.id()),
-            data_dir,
-            storage,
-            child: Some(child),
-            _tmp: tmp,
-            signer,
-        })
+        let first = target.nodes[0].clone();
+        target.msnp = first.msnp;
+        target.msnp_tls = first.msnp_tls;
+        target.http = first.http;
+        Ok(target)
     }
 
     /// A login token for account `{prefix}{i}`, minted with the server's secret (the password
@@ -191,10 +197,76 @@ impl Target {
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
-    /// The server's memory and CPU now.
+    /// The servers' memory and CPU now, summed over the nodes.
     pub fn usage(&self) -> Option<Usage> {
-        Usage::read(self.pid?)
+        let mut total = Usage {
+            rss_kib: 0,
+            cpu_secs: 0.0,
+        };
+        for node in &self.nodes {
+            let u = Usage::read(node.pid?)?;
+            total.rss_kib += u.rss_kib;
+            total.cpu_secs += u.cpu_secs;
+        }
+        Some(total)
     }
+}
+
+/// Starts one `msnp24 serve` on fresh loopback ports and waits for its listening line.
+fn spawn_node(
+    data_dir: &Path,
+    config: &Path,
+    storage: &Option<String>,
+) -> anyhow::Result<(Child, Node)> {
+    let (msnp, tls, http, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command.arg("serve");
+    if let Some(url) = storage {
+        command.args(["--storage", url]);
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{msnp}")])
+        .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--https-listen", &format!("127.0.0.1:{https}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting msnp24 serve")?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    if !line.starts_with("msnp24 listening") {
+        let _ = child.kill();
+        bail!("the server did not start: {line:?}");
+    }
+    let node = Node {
+        msnp: SocketAddr::from(([127, 0, 0, 1], msnp)),
+        msnp_tls: Some(SocketAddr::from(([127, 0, 0, 1], tls))),
+        http: format!("http://127.0.0.1:{http}"),
+        pid: Some(child.id()),
+    };
+    Ok((child, node))
+}
+
+/// A random number for names that must not meet an earlier run's (no RNG crate needed for it).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() as u32
 }
 
 /// The configuration naming the benchmarked server's database.
