@@ -6,7 +6,7 @@
 //! serialize is retried. Messages are committed in batches (group commit), like SQLite's writer.
 //! Semantics match [`super::sqlite::SqliteStorage`] call for call.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -515,19 +515,13 @@ async fn insert_message(
     message: NewMessage,
 ) -> StorageResult<StoredMessage> {
     // One statement may update a row only once: a participant listed twice is listed once.
-    let mut accounts = Vec::with_capacity(message.participants.len());
-    let mut ids = Vec::with_capacity(message.participants.len());
-    for p in &message.participants {
-        let pair = (p.account.as_str(), p.conversation_id.as_str());
-        if !accounts
-            .iter()
-            .zip(&ids)
-            .any(|(a, i): (&String, &String)| (a.as_str(), i.as_str()) == pair)
-        {
-            accounts.push(p.account.as_str().to_string());
-            ids.push(p.conversation_id.clone());
-        }
-    }
+    let mut seen = HashSet::with_capacity(message.participants.len());
+    let (accounts, ids): (Vec<&str>, Vec<&str>) = message
+        .participants
+        .iter()
+        .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
+        .filter(|pair| seen.insert(*pair))
+        .unzip();
     let inserted: Option<i64> = sqlx::query_scalar(INSERT_MESSAGE)
         .bind(&message.conversation)
         .bind(&message.sender)
