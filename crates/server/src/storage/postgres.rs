@@ -124,7 +124,17 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
                 }
                 return;
             }
-            Err(e) => {
+            Err(BatchFailure::Commit(e)) => {
+                // The commit may have happened before the connection failed: storing again could
+                // store twice, so the callers hear it was not committed, as with SQLite.
+                tracing::error!(error = %e, count = batch.len(), "message batch not committed");
+                let msg = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StorageError::NotCommitted(msg.clone())));
+                }
+                return;
+            }
+            Err(BatchFailure::Statement(e)) => {
                 // One bad message (or a conflict) must not fail the others: store each alone.
                 tracing::warn!(error = %e, count = batch.len(), "message batch failed; storing one by one");
             }
@@ -139,14 +149,26 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
     }
 }
 
+/// Why a batch was not stored.
+enum BatchFailure {
+    /// A statement failed: nothing was stored.
+    Statement(StorageError),
+    /// The commit failed: the outcome is unknown.
+    Commit(sqlx::Error),
+}
+
 /// The whole batch in one transaction; nothing is stored unless everything is.
-async fn try_batch(pool: &PgPool, batch: &Batch) -> StorageResult<Vec<StoredMessage>> {
-    let mut tx = pool.begin().await?;
+async fn try_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<StoredMessage>, BatchFailure> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|e| BatchFailure::Statement(e.into()))?;
     let mut stored = Vec::with_capacity(batch.len());
     for (message, _) in batch {
-        stored.push(insert_message(&mut tx, message.clone()).await?);
+        let one = insert_message(&mut tx, message.clone()).await;
+        stored.push(one.map_err(BatchFailure::Statement)?);
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(BatchFailure::Commit)?;
     Ok(stored)
 }
 
