@@ -241,25 +241,29 @@ impl PostgresStorage {
             .await?;
             bits.insert((owner, contact), stored_bits(old)?);
         }
-        let before = bits.clone();
+        // Applied in the order given; a row is written if any update changed it (its time too,
+        // as SQLite does, even when a later update changed it back).
+        let mut changed = HashSet::new();
         let mut out = Vec::with_capacity(updates.len());
         for u in updates {
             let key = (u.owner.as_str(), u.contact.as_str());
             let old = bits.get(&key).copied().unwrap_or(0);
             let new = (old | u.set) & !u.clear & list_bits::ALL;
+            if new != old {
+                changed.insert(key);
+            }
             bits.insert(key, new);
             out.push((old, new));
         }
         for &(owner, contact) in &rows {
             let new = bits.get(&(owner, contact)).copied().unwrap_or(0);
-            let old = before.get(&(owner, contact)).copied().unwrap_or(0);
             if new == 0 {
                 sqlx::query("DELETE FROM contacts WHERE owner = $1 AND contact = $2")
                     .bind(owner)
                     .bind(contact)
                     .execute(&mut *tx)
                     .await?;
-            } else if new != old {
+            } else if changed.contains(&(owner, contact)) {
                 sqlx::query(
                     "UPDATE contacts SET bits = $3, updated_at = $4 WHERE owner = $1 AND contact = $2",
                 )
