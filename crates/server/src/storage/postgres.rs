@@ -6,7 +6,7 @@
 //! serialize is retried. Messages are committed in batches (group commit), like SQLite's writer.
 //! Semantics match [`super::sqlite::SqliteStorage`] call for call.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +124,17 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
                 }
                 return;
             }
-            Err(e) => {
+            Err(BatchFailure::Commit(e)) => {
+                // The commit may have happened before the connection failed: storing again could
+                // store twice, so the callers hear it was not committed, as with SQLite.
+                tracing::error!(error = %e, count = batch.len(), "message batch not committed");
+                let msg = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StorageError::NotCommitted(msg.clone())));
+                }
+                return;
+            }
+            Err(BatchFailure::Statement(e)) => {
                 // One bad message (or a conflict) must not fail the others: store each alone.
                 tracing::warn!(error = %e, count = batch.len(), "message batch failed; storing one by one");
             }
@@ -139,14 +149,26 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
     }
 }
 
+/// Why a batch was not stored.
+enum BatchFailure {
+    /// A statement failed: nothing was stored.
+    Statement(StorageError),
+    /// The commit failed: the outcome is unknown.
+    Commit(sqlx::Error),
+}
+
 /// The whole batch in one transaction; nothing is stored unless everything is.
-async fn try_batch(pool: &PgPool, batch: &Batch) -> StorageResult<Vec<StoredMessage>> {
-    let mut tx = pool.begin().await?;
+async fn try_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<StoredMessage>, BatchFailure> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|e| BatchFailure::Statement(e.into()))?;
     let mut stored = Vec::with_capacity(batch.len());
     for (message, _) in batch {
-        stored.push(insert_message(&mut tx, message.clone()).await?);
+        let one = insert_message(&mut tx, message.clone()).await;
+        stored.push(one.map_err(BatchFailure::Statement)?);
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(BatchFailure::Commit)?;
     Ok(stored)
 }
 
@@ -219,25 +241,29 @@ impl PostgresStorage {
             .await?;
             bits.insert((owner, contact), stored_bits(old)?);
         }
-        let before = bits.clone();
+        // Applied in the order given; a row is written if any update changed it (its time too,
+        // as SQLite does, even when a later update changed it back).
+        let mut changed = HashSet::new();
         let mut out = Vec::with_capacity(updates.len());
         for u in updates {
             let key = (u.owner.as_str(), u.contact.as_str());
             let old = bits.get(&key).copied().unwrap_or(0);
             let new = (old | u.set) & !u.clear & list_bits::ALL;
+            if new != old {
+                changed.insert(key);
+            }
             bits.insert(key, new);
             out.push((old, new));
         }
         for &(owner, contact) in &rows {
             let new = bits.get(&(owner, contact)).copied().unwrap_or(0);
-            let old = before.get(&(owner, contact)).copied().unwrap_or(0);
             if new == 0 {
                 sqlx::query("DELETE FROM contacts WHERE owner = $1 AND contact = $2")
                     .bind(owner)
                     .bind(contact)
                     .execute(&mut *tx)
                     .await?;
-            } else if new != old {
+            } else if changed.contains(&(owner, contact)) {
                 sqlx::query(
                     "UPDATE contacts SET bits = $3, updated_at = $4 WHERE owner = $1 AND contact = $2",
                 )
@@ -515,19 +541,13 @@ async fn insert_message(
     message: NewMessage,
 ) -> StorageResult<StoredMessage> {
     // One statement may update a row only once: a participant listed twice is listed once.
-    let mut accounts = Vec::with_capacity(message.participants.len());
-    let mut ids = Vec::with_capacity(message.participants.len());
-    for p in &message.participants {
-        let pair = (p.account.as_str(), p.conversation_id.as_str());
-        if !accounts
-            .iter()
-            .zip(&ids)
-            .any(|(a, i): (&String, &String)| (a.as_str(), i.as_str()) == pair)
-        {
-            accounts.push(p.account.as_str().to_string());
-            ids.push(p.conversation_id.clone());
-        }
-    }
+    let mut seen = HashSet::with_capacity(message.participants.len());
+    let (accounts, ids): (Vec<&str>, Vec<&str>) = message
+        .participants
+        .iter()
+        .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
+        .filter(|pair| seen.insert(*pair))
+        .unzip();
     let inserted: Option<i64> = sqlx::query_scalar(INSERT_MESSAGE)
         .bind(&message.conversation)
         .bind(&message.sender)
