@@ -21,6 +21,7 @@ mod lock;
 mod presence_store;
 mod router;
 
+pub use keys::Keys;
 pub use lock::RedisLocks;
 pub use presence_store::RedisPresenceStore;
 pub use router::RedisRouter;
