@@ -286,12 +286,12 @@ impl PresenceService {
         if change.before.others != change.after.others {
             match self.storage.presence_watchers(account).await {
                 Ok(watchers) => {
-                    let doc = change.after.others.as_ref();
+                    let notice = match change.after.others.as_ref() {
+                        Some(doc) => self.put_notice(account, from, doc),
+                        None => self.del_notice(account),
+                    };
                     for w in &watchers {
-                        let frame = match doc {
-                            Some(doc) => self.put_frame(w, account, from, doc),
-                            None => self.del_frame(w, account),
-                        };
+                        let frame = self.frame_for(w, &notice);
                         delivered += self.deliver(w, None, frame).await;
                     }
                 }
@@ -396,24 +396,48 @@ impl PresenceService {
         let frame = if visible {
             self.put_frame(watcher, target, state.sender_epid(), &doc)
         } else {
-            self.del_frame(watcher, target)
+            self.frame_for(watcher, &self.del_notice(target))
         };
         self.deliver(watcher, None, frame).await;
     }
 
-    fn notification(&self, to: &AccountName, from: String, doc: &UserDoc) -> FormattedMessage {
+    /// What every recipient of one `NFY MSGR\PUT` about `account` shares: built once per change,
+    /// not once per watcher.
+    fn put_notice(&self, account: &AccountName, from: Option<&Epid>, doc: &UserDoc) -> Notice {
+        let mri = account.mri();
+        Notice {
+            target: "MSGR\\PUT",
+            from: match from {
+                Some(e) => mri.with_epid(e.clone()).to_string(),
+                None => mri.to_string(),
+            },
+            body: doc.to_xml().into_bytes(),
+        }
+    }
+
+    /// Likewise for `NFY MSGR\DEL`: `account` went offline.
+    fn del_notice(&self, account: &AccountName) -> Notice {
+        Notice {
+            target: "MSGR\\DEL",
+            from: account.mri().to_string(),
+            body: UserDoc::default().to_xml().into_bytes(),
+        }
+    }
+
+    /// The notification frame for one recipient, with its own `To` and `NotifNum`.
+    fn frame_for(&self, to: &AccountName, notice: &Notice) -> Frame {
         let mut m = FormattedMessage::new(
             &to.mri().to_string(),
-            &from,
+            &notice.from,
             ("Notification", "1.0"),
-            doc.to_xml().into_bytes(),
+            notice.body.clone(),
         );
         let num = self.notif_num.fetch_add(1, Ordering::Relaxed);
         m.content.push("NotifNum", num.to_string());
         m.content.push("Uri", "/user");
         m.content.push("NotifType", "Full");
         m.content.push("Content-Type", "application/user+xml");
-        m
+        Frame::new("NFY", 0, notice.target, m.to_payload(&Headers::new()))
     }
 
     fn put_frame(
@@ -423,17 +447,13 @@ impl PresenceService {
         from: Option<&Epid>,
         doc: &UserDoc,
     ) -> Frame {
-        let mri = account.mri();
-        let from = match from {
-            Some(e) => mri.with_epid(e.clone()).to_string(),
-            None => mri.to_string(),
-        };
-        let m = self.notification(to, from, doc);
-        Frame::new("NFY", 0, "MSGR\\PUT", m.to_payload(&Headers::new()))
+        self.frame_for(to, &self.put_notice(account, from, doc))
     }
+}
 
-    fn del_frame(&self, to: &AccountName, account: &AccountName) -> Frame {
-        let m = self.notification(to, account.mri().to_string(), &UserDoc::default());
-        Frame::new("NFY", 0, "MSGR\\DEL", m.to_payload(&Headers::new()))
-    }
+/// The shared parts of a presence notification.
+struct Notice {
+    target: &'static str,
+    from: String,
+    body: Vec<u8>,
 }
