@@ -111,7 +111,7 @@ impl Server {
             presence,
             locks,
             orphans,
-            ..
+            node_id,
         } = Coordination::from_config(&config).await?;
         let state = Arc::new(AppState::new(
             config.clone(),
@@ -199,6 +199,7 @@ impl Server {
             http = %http_addr,
             https = %https_addr.map_or("off".to_string(), |a| a.to_string()),
             data_dir = %config.data_dir.display(),
+            cluster_node = %node_id.as_deref().unwrap_or("none (alone)"),
             "msnp24 listening"
         );
         Ok(Server {
