@@ -1,8 +1,10 @@
 //! The embedded default: one SQLite file in WAL mode with full synchronous commits, so that a
 //! message acknowledged to its sender survives a crash.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,7 +43,27 @@ const WRITE_QUEUE: usize = 4096;
 pub struct SqliteStorage {
     pool: SqlitePool,
     writer: mpsc::Sender<Write>,
+    threads: Arc<Mutex<HashMap<String, CachedThread>>>,
 }
+
+/// A thread's record as last read, with what tells whether it is still current: every change
+/// made through [`Storage::apply_thread_change`] moves `version`, and a member removed with its
+/// account (by this process or by the admin tool in another) lowers the count; a member added
+/// raises the highest `seq`.
+struct CachedThread {
+    members: i64,
+    max_seq: i64,
+    record: ThreadRecord,
+}
+
+/// Threads whose members are kept in memory; past this the cache starts again empty.
+const CACHED_THREADS: usize = 4096;
+
+/// The thread's row and the validators of [`CachedThread`], in one query.
+const THREAD_STATE: &str = "SELECT t.id, t.creator, t.topic, t.version,
+        (SELECT COUNT(*) FROM thread_members m WHERE m.thread = t.id) AS members,
+        (SELECT COALESCE(MAX(seq), 0) FROM thread_members m WHERE m.thread = t.id) AS max_seq
+    FROM threads t WHERE t.id = ? AND t.closed = 0";
 
 /// A write for the group-commit writer, with where to send its outcome once its batch committed.
 enum Write {
@@ -354,7 +376,11 @@ impl SqliteStorage {
         MIGRATOR.run(&pool).await?;
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(run_writer(pool.clone(), rx));
-        Ok(SqliteStorage { pool, writer })
+        Ok(SqliteStorage {
+            pool,
+            writer,
+            threads: Arc::default(),
+        })
     }
 
     /// Commits every queued write, stops the writer and closes the pool.
@@ -378,6 +404,12 @@ impl SqliteStorage {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// The thread cache; a panic elsewhere while it was held leaves nothing half-written in it
+    /// (each change is one insert or clear), so a poisoned lock is still usable.
+    fn thread_cache(&self) -> MutexGuard<'_, HashMap<String, CachedThread>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn submit(&self, write: Write) -> StorageResult<()> {
@@ -1006,38 +1038,77 @@ impl Storage for SqliteStorage {
     }
 
     async fn thread(&self, id: &str) -> StorageResult<Option<ThreadRecord>> {
-        let Some(row) = sqlx::query(
-            "SELECT * FROM threads t WHERE t.id = ? AND t.closed = 0
-               AND EXISTS (SELECT 1 FROM thread_members m WHERE m.thread = t.id)",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
+        // A thread's message is sent to every member, so its members are read for each message;
+        // from the cache that is one row instead of hundreds.
+        let Some(row) = sqlx::query(THREAD_STATE)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
         else {
             return Ok(None);
         };
-        let members = sqlx::query(
+        let (version, members, max_seq): (i64, i64, i64) = (
+            row.try_get("version")?,
+            row.try_get("members")?,
+            row.try_get("max_seq")?,
+        );
+        if members == 0 {
+            return Ok(None);
+        }
+        if let Some(c) = self.thread_cache().get(id) {
+            if (c.record.version, c.members, c.max_seq) == (version, members, max_seq) {
+                return Ok(Some(c.record.clone()));
+            }
+        }
+        // Read again in one snapshot, so that the record and its validators agree.
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(THREAD_STATE)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
             "SELECT account, role, joined_ms FROM thread_members WHERE thread = ? ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ThreadMember {
-                account: stored_name(&r.try_get::<String, _>(0)?)?,
-                role: r.try_get(1)?,
-                joined_ms: r.try_get(2)?,
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let members = rows
+            .iter()
+            .map(|r| {
+                Ok(ThreadMember {
+                    account: stored_name(&r.try_get::<String, _>(0)?)?,
+                    role: r.try_get(1)?,
+                    joined_ms: r.try_get(2)?,
+                })
             })
-        })
-        .collect::<StorageResult<Vec<_>>>()?;
-        Ok(Some(ThreadRecord {
+            .collect::<StorageResult<Vec<_>>>()?;
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let record = ThreadRecord {
             id: row.try_get("id")?,
             creator: row.try_get("creator")?,
             topic: row.try_get("topic")?,
             version: row.try_get("version")?,
             members,
-        }))
+        };
+        let mut cache = self.thread_cache();
+        if cache.len() >= CACHED_THREADS {
+            cache.clear();
+        }
+        cache.insert(
+            id.to_string(),
+            CachedThread {
+                members: row.try_get("members")?,
+                max_seq: row.try_get("max_seq")?,
+                record: record.clone(),
+            },
+        );
+        Ok(Some(record))
     }
 
     async fn apply_thread_change(&self, change: ThreadChange) -> StorageResult<Vec<StoredMessage>> {
@@ -1244,5 +1315,49 @@ mod tests {
             (row.version, row.last_message.map(|m| m.message_id)),
             (T + 9, Some(T + 9))
         );
+    }
+
+    #[tokio::test]
+    async fn thread_members_read_from_cache_follow_every_change() {
+        let (dir, s, n) = storage_with(&["alice", "bob", "carol"]).await;
+        let member = |a: &AccountName, at: i64| ThreadMember {
+            account: a.clone(),
+            role: "user".into(),
+            joined_ms: at,
+        };
+        let id = "19:00000000000000000000000000000001@thread.skype";
+        let mut thread = ThreadRecord {
+            id: id.into(),
+            creator: "8:alice".into(),
+            topic: String::new(),
+            version: 1,
+            members: vec![member(&n[0], 1), member(&n[1], 1)],
+        };
+        let change = |t: &ThreadRecord| ThreadChange {
+            thread: t.clone(),
+            joined: Vec::new(),
+            left: Vec::new(),
+            activity: Vec::new(),
+        };
+        s.apply_thread_change(change(&thread)).await.unwrap();
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        thread.version = 2;
+        thread.topic = "t".into();
+        thread.members.push(member(&n[2], 2));
+        s.apply_thread_change(change(&thread)).await.unwrap();
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        // The admin tool removes an account from another process: no version moves.
+        let other = SqliteStorage::open(&dir.path().join("db.sqlite3"))
+            .await
+            .unwrap();
+        assert!(other.remove_account(&n[1]).await.unwrap());
+        other.close().await;
+        thread.members.remove(1);
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        thread.version = 3;
+        thread.members.clear();
+        s.apply_thread_change(change(&thread)).await.unwrap();
+        assert_eq!(s.thread(id).await.unwrap(), None);
     }
 }
