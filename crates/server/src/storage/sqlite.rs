@@ -306,33 +306,69 @@ async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult
         first.duplicate = true;
         return Ok(Outcome::Duplicate(Box::new(first)));
     };
-    if !message.participants.is_empty() {
-        let participants: Vec<(&str, &str)> = message
-            .participants
-            .iter()
-            .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
-            .collect();
-        let participants = serde_json::to_string(&participants)
-            .map_err(|e| StorageError::Corrupt(format!("participants: {e}")))?;
-        // A new row's history starts when the account was created, so a name that is removed
-        // and taken again does not inherit the old account's conversations. `WHERE true` keeps
-        // SQLite from reading the upsert's ON as a join constraint.
-        sqlx::query(
-            "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from)
-             SELECT json_extract(p.value, '$[0]'), json_extract(p.value, '$[1]'), ?2, ?3, ?3,
-                    COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = json_extract(p.value, '$[0]')), 0)
-             FROM json_each(?1) AS p WHERE true
-             ON CONFLICT (account, id) DO UPDATE SET
-                 version = MAX(version, excluded.version),
-                 last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)",
-        )
-        .bind(participants)
-        .bind(&message.conversation)
-        .bind(message_id)
-        .execute(&mut **tx)
-        .await?;
+    // A new row's history starts when the account was created, so a name that is removed and
+    // taken again does not inherit the old account's conversations. `WHERE true` keeps SQLite
+    // from reading the upsert's ON as a join constraint.
+    macro_rules! upsert_from {
+        ($select:literal) => {
+            concat!(
+                "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from) ",
+                $select,
+                " WHERE true ON CONFLICT (account, id) DO UPDATE SET
+                     version = MAX(version, excluded.version),
+                     last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)"
+            )
+        };
+    }
+    match message.participants.split_first() {
+        None => {}
+        // A thread: every member names it by the same id, so the members travel as a plain
+        // array of names, which SQLite reads without parsing each element again.
+        Some((first, rest))
+            if rest
+                .iter()
+                .all(|p| p.conversation_id == first.conversation_id) =>
+        {
+            let accounts: Vec<&str> = message
+                .participants
+                .iter()
+                .map(|p| p.account.as_str())
+                .collect();
+            sqlx::query(upsert_from!(
+                "SELECT p.value, ?2, ?3, ?4, ?4,
+                        COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value), 0)
+                 FROM json_each(?1) AS p"
+            ))
+            .bind(to_json(&accounts)?)
+            .bind(&first.conversation_id)
+            .bind(&message.conversation)
+            .bind(message_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Some(_) => {
+            let pairs: Vec<(&str, &str)> = message
+                .participants
+                .iter()
+                .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
+                .collect();
+            sqlx::query(upsert_from!(
+                "SELECT p.value ->> 0, p.value ->> 1, ?2, ?3, ?3,
+                        COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value ->> 0), 0)
+                 FROM json_each(?1) AS p"
+            ))
+            .bind(to_json(&pairs)?)
+            .bind(&message.conversation)
+            .bind(message_id)
+            .execute(&mut **tx)
+            .await?;
+        }
     }
     Ok(Outcome::Stored(message_id))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
+    serde_json::to_string(value).map_err(|e| StorageError::Corrupt(format!("participants: {e}")))
 }
 
 async fn insert_ack(tx: &mut WriteTx, ack: &AckRecord) -> StorageResult<()> {
