@@ -261,69 +261,60 @@ async fn apply_batch(
 /// Stores a message unless it is a retry: the insert computes the id and skips a duplicate
 /// client message id in the same statement, and one more statement updates every participant's
 /// conversation row, whatever the number of participants (a thread has hundreds).
-async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult<Outcome> {
-    // Message ids are arrival times in ms, made strictly increasing within a conversation so
-    // that two messages in the same millisecond still get distinct ids, and so that a new
-    // message always sorts after every stored one (history pages never shift). The MIN keeps
-    // the + 1 from overflowing into a float.
-    let inserted: Option<i64> = sqlx::query_scalar(
+/// Inserts a message unless its client message id is already stored, computing its id.
+///
+/// Message ids are arrival times in ms, made strictly increasing within a conversation so that
+/// two messages in the same millisecond still get distinct ids, and so that a new message always
+/// sorts after every stored one (history pages never shift). The MIN keeps the + 1 from
+/// overflowing into a float.
+macro_rules! insert_message_sql {
+    () => {
         "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms)
          VALUES (?1, MAX(COALESCE(MIN((SELECT MAX(message_id) FROM messages WHERE conversation = ?1), 9223372036854775806) + 1, ?9), ?9),
                  ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT DO NOTHING RETURNING message_id",
-    )
-    .bind(&message.conversation)
-    .bind(&message.sender)
-    .bind(&message.sender_epid)
-    .bind(&message.recipient)
-    .bind(&message.client_message_id)
-    .bind(&message.message_type)
-    .bind(&message.headers)
-    .bind(&message.content)
-    .bind(message.arrival_ms)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(message_id) = inserted else {
-        // Skipped on a conflict: the client message id is taken (a retry), or the id is.
-        let existing = match &message.client_message_id {
-            Some(cmid) => sqlx::query(
-                "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
-            )
-            .bind(&message.conversation)
-            .bind(&message.sender)
-            .bind(cmid)
-            .fetch_optional(&mut **tx)
-            .await?,
-            None => None,
-        };
-        let row = existing.ok_or_else(|| {
-            StorageError::Corrupt(format!(
-                "no free message id left in conversation {}",
-                message.conversation
-            ))
-        })?;
-        let mut first = message_from_row(&row)?;
-        first.duplicate = true;
-        return Ok(Outcome::Duplicate(Box::new(first)));
+         ON CONFLICT DO NOTHING RETURNING message_id;"
     };
-    // A new row's history starts when the account was created, so a name that is removed and
-    // taken again does not inherit the old account's conversations. `WHERE true` keeps SQLite
-    // from reading the upsert's ON as a join constraint.
-    macro_rules! upsert_from {
-        ($select:literal) => {
-            concat!(
-                "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from) ",
-                $select,
-                " WHERE true ON CONFLICT (account, id) DO UPDATE SET
-                     version = MAX(version, excluded.version),
-                     last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)"
-            )
-        };
-    }
-    match message.participants.split_first() {
-        None => {}
-        // A thread: every member names it by the same id, so the members travel as a plain
-        // array of names, which SQLite reads without parsing each element again.
+}
+
+/// Then, in the same query (one trip to the connection's thread instead of two), updates every
+/// participant's conversation row with the message just inserted: `changes() = 1` only when the
+/// insert above was not skipped as a retry, and `last_insert_rowid()` is its row. A new row's
+/// history starts when the account was created, so a name that is removed and taken again does
+/// not inherit the old account's conversations. `WHERE true` keeps SQLite from reading the
+/// upsert's ON as a join constraint.
+macro_rules! store_message_sql {
+    ($select:literal) => {
+        concat!(
+            insert_message_sql!(),
+            "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from) ",
+            $select,
+            " FROM json_each(?10) AS p, messages m
+             WHERE m.rowid = last_insert_rowid() AND changes() = 1 AND true
+             ON CONFLICT (account, id) DO UPDATE SET
+                 version = MAX(version, excluded.version),
+                 last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)"
+        )
+    };
+}
+
+/// A thread: every member names it by the same id (?11), so the members travel as a plain array
+/// of names, which SQLite reads without parsing each element again.
+const STORE_THREAD_MESSAGE: &str = store_message_sql!(
+    "SELECT p.value, ?11, ?1, m.message_id, m.message_id,
+            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value), 0)"
+);
+
+/// One-to-one: `[account, id]` pairs.
+const STORE_MESSAGE: &str = store_message_sql!(
+    "SELECT p.value ->> 0, p.value ->> 1, ?1, m.message_id, m.message_id,
+            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value ->> 0), 0)"
+);
+
+/// Stores a message unless it is a retry, and updates its participants' conversation rows,
+/// whatever their number (a thread has hundreds), in one query.
+async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult<Outcome> {
+    let (sql, participants, thread_id) = match message.participants.split_first() {
+        None => (insert_message_sql!(), None, None),
         Some((first, rest))
             if rest
                 .iter()
@@ -334,17 +325,11 @@ async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult
                 .iter()
                 .map(|p| p.account.as_str())
                 .collect();
-            sqlx::query(upsert_from!(
-                "SELECT p.value, ?2, ?3, ?4, ?4,
-                        COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value), 0)
-                 FROM json_each(?1) AS p"
-            ))
-            .bind(to_json(&accounts)?)
-            .bind(&first.conversation_id)
-            .bind(&message.conversation)
-            .bind(message_id)
-            .execute(&mut **tx)
-            .await?;
+            (
+                STORE_THREAD_MESSAGE,
+                Some(to_json(&accounts)?),
+                Some(first.conversation_id.as_str()),
+            )
         }
         Some(_) => {
             let pairs: Vec<(&str, &str)> = message
@@ -352,19 +337,50 @@ async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult
                 .iter()
                 .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
                 .collect();
-            sqlx::query(upsert_from!(
-                "SELECT p.value ->> 0, p.value ->> 1, ?2, ?3, ?3,
-                        COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value ->> 0), 0)
-                 FROM json_each(?1) AS p"
-            ))
-            .bind(to_json(&pairs)?)
-            .bind(&message.conversation)
-            .bind(message_id)
-            .execute(&mut **tx)
-            .await?;
+            (STORE_MESSAGE, Some(to_json(&pairs)?), None)
         }
+    };
+    let mut query = sqlx::query(sql)
+        .bind(&message.conversation)
+        .bind(&message.sender)
+        .bind(&message.sender_epid)
+        .bind(&message.recipient)
+        .bind(&message.client_message_id)
+        .bind(&message.message_type)
+        .bind(&message.headers)
+        .bind(&message.content)
+        .bind(message.arrival_ms);
+    if let Some(json) = participants {
+        query = query.bind(json).bind(thread_id);
     }
-    Ok(Outcome::Stored(message_id))
+    // fetch_all: the query's second statement runs only if its results are asked for.
+    let inserted = query.fetch_all(&mut **tx).await?;
+    if let Some(row) = inserted.first() {
+        return Ok(Outcome::Stored(row.try_get(0)?));
+    }
+    // Skipped on a conflict: the client message id is taken (a retry), or the id is.
+    let existing = match &message.client_message_id {
+        Some(cmid) => {
+            sqlx::query(
+                "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
+            )
+            .bind(&message.conversation)
+            .bind(&message.sender)
+            .bind(cmid)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        None => None,
+    };
+    let row = existing.ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "no free message id left in conversation {}",
+            message.conversation
+        ))
+    })?;
+    let mut first = message_from_row(&row)?;
+    first.duplicate = true;
+    Ok(Outcome::Duplicate(Box::new(first)))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
@@ -1345,6 +1361,9 @@ mod tests {
         assert!(!other.duplicate);
         assert_eq!(other.message_id, T + 9);
         assert_eq!(s.conversation_messages("c1").await.unwrap().len(), 2);
+        // A retry leaves the conversation rows as the first copy left them.
+        let row = s.conversation(a, "c1").await.unwrap().unwrap();
+        assert_eq!(row.version, T + 1);
         assert_eq!(s.conversation_messages("full").await.unwrap().len(), 1);
         let row = s.conversation(a, "c2").await.unwrap().unwrap();
         assert_eq!(
