@@ -1,8 +1,10 @@
 //! The embedded default: one SQLite file in WAL mode with full synchronous commits, so that a
 //! message acknowledged to its sender survives a crash.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,7 +43,27 @@ const WRITE_QUEUE: usize = 4096;
 pub struct SqliteStorage {
     pool: SqlitePool,
     writer: mpsc::Sender<Write>,
+    threads: Arc<Mutex<HashMap<String, CachedThread>>>,
 }
+
+/// A thread's record as last read, with what tells whether it is still current: every change
+/// made through [`Storage::apply_thread_change`] moves `version`, and a member removed with its
+/// account (by this process or by the admin tool in another) lowers the count; a member added
+/// raises the highest `seq`.
+struct CachedThread {
+    members: i64,
+    max_seq: i64,
+    record: ThreadRecord,
+}
+
+/// Threads whose members are kept in memory; past this the cache starts again empty.
+const CACHED_THREADS: usize = 4096;
+
+/// The thread's row and the validators of [`CachedThread`], in one query.
+const THREAD_STATE: &str = "SELECT t.id, t.creator, t.topic, t.version,
+        (SELECT COUNT(*) FROM thread_members m WHERE m.thread = t.id) AS members,
+        (SELECT COALESCE(MAX(seq), 0) FROM thread_members m WHERE m.thread = t.id) AS max_seq
+    FROM threads t WHERE t.id = ? AND t.closed = 0";
 
 /// A write for the group-commit writer, with where to send its outcome once its batch committed.
 enum Write {
@@ -51,32 +73,39 @@ enum Write {
     Stop(oneshot::Sender<()>),
 }
 
-/// The outcome of one write inside a batch, sent only after the batch's commit.
-enum Applied {
-    Message(
-        oneshot::Sender<StorageResult<StoredMessage>>,
-        StorageResult<StoredMessage>,
-    ),
-    Ack(oneshot::Sender<StorageResult<()>>, StorageResult<()>),
+/// What a write did inside its batch: answered only after the batch's commit.
+enum Outcome {
+    /// A new message under this id.
+    Stored(i64),
+    /// A retry of a message already stored: its first copy.
+    Duplicate(Box<StoredMessage>),
+    /// An acknowledgement recorded.
+    Acked,
 }
 
-impl Applied {
-    /// Sends the outcome, or `failure` instead when the batch did not commit.
-    fn answer(self, failure: Option<&str>) {
-        let lost = |msg: &str| StorageError::NotCommitted(msg.to_string());
-        match self {
-            Applied::Message(tx, r) => {
-                let _ = tx.send(match failure {
-                    Some(msg) => Err(lost(msg)),
-                    None => r,
-                });
-            }
-            Applied::Ack(tx, r) => {
-                let _ = tx.send(match failure {
-                    Some(msg) => Err(lost(msg)),
-                    None => r,
-                });
-            }
+/// Sends a write its outcome, or `failure` instead when its batch did not commit.
+fn answer(w: Write, outcome: StorageResult<Outcome>, failure: Option<&str>) {
+    let outcome = match failure {
+        Some(msg) => Err(StorageError::NotCommitted(msg.to_string())),
+        None => outcome,
+    };
+    match w {
+        Write::Message(message, tx) => {
+            let _ = tx.send(outcome.and_then(|o| match o {
+                Outcome::Stored(message_id) => Ok(StoredMessage {
+                    message_id,
+                    message,
+                    duplicate: false,
+                }),
+                Outcome::Duplicate(first) => Ok(*first),
+                Outcome::Acked => Err(StorageError::Corrupt("a message answered as an ack".into())),
+            }));
+        }
+        Write::Ack(_, tx) => {
+            let _ = tx.send(outcome.map(|_| ()));
+        }
+        Write::Stop(tx) => {
+            let _ = tx.send(());
         }
     }
 }
@@ -134,158 +163,233 @@ async fn run_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
+/// Why a batch did not get to its commit.
+enum Unapplied {
+    /// No transaction could be started.
+    Begin(String),
+    /// A write failed; the transaction was rolled back (only without savepoints).
+    Write,
+    /// A savepoint could not be undone or released: nothing may be committed.
+    Savepoint,
+}
+
 async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
     let count = writes.len();
-    // IMMEDIATE takes the write lock up front, so a batch never fails half-way on a lock upgrade.
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, count, "cannot start a write batch");
-            let msg = e.to_string();
+    // Without a savepoint per write a batch costs two statements per message instead of four;
+    // write failures are rare enough to pay for the batch twice when one happens.
+    let mut applied: SendFuture<'_, _> = Box::pin(apply_batch(pool, &writes, false));
+    let mut result = applied.await;
+    if matches!(result, Err(Unapplied::Write)) {
+        tracing::warn!(count, "a write failed; retrying its batch write by write");
+        applied = Box::pin(apply_batch(pool, &writes, true));
+        result = applied.await;
+    }
+    let (tx, outcomes) = match result {
+        Ok(done) => done,
+        Err(why) => {
+            let msg = match why {
+                Unapplied::Begin(msg) => msg,
+                Unapplied::Write | Unapplied::Savepoint => "savepoint failed".to_string(),
+            };
+            tracing::error!(count, error = %msg, "write batch not applied");
             for w in writes {
-                refuse(w, &msg);
+                answer(w, Ok(Outcome::Acked), Some(&msg));
             }
             return;
         }
     };
-    let mut applied = Vec::with_capacity(count);
-    for w in writes {
-        // Each write in its own savepoint: one failing write does not take the others down.
-        if let Err(e) = exec(&mut tx, "SAVEPOINT w").await {
-            refuse(w, &e.to_string());
-            continue;
-        }
-        let outcome = match w {
-            Write::Message(m, reply) => {
-                let insert: SendFuture<'_, _> = Box::pin(insert_message(&mut tx, m));
-                Applied::Message(reply, insert.await)
-            }
-            Write::Ack(a, reply) => {
-                let insert: SendFuture<'_, _> = Box::pin(insert_ack(&mut tx, a));
-                Applied::Ack(reply, insert.await)
-            }
-            Write::Stop(reply) => {
-                let _ = reply.send(());
-                continue;
-            }
-        };
-        let ok = match &outcome {
-            Applied::Message(_, r) => r.is_ok(),
-            Applied::Ack(_, r) => r.is_ok(),
-        };
-        applied.push(outcome);
-        let undone = ok || exec(&mut tx, "ROLLBACK TO w").await.is_ok();
-        if let (false, _) | (_, Err(_)) = (undone, exec(&mut tx, "RELEASE w").await) {
-            // A write that cannot be undone must not be committed half-way: drop the whole batch.
-            tracing::error!(count, "savepoint failed; rolling the write batch back");
-            drop(tx);
-            for a in applied {
-                a.answer(Some("savepoint failed"));
-            }
-            return;
-        }
-    }
-    match tx.commit().await {
+    let failure = match tx.commit().await {
         Ok(()) => {
             tracing::trace!(count, "write batch committed");
-            for a in applied {
-                a.answer(None);
-            }
+            None
         }
         Err(e) => {
             tracing::error!(error = %e, count, "write batch not committed");
-            let msg = e.to_string();
-            for a in applied {
-                a.answer(Some(&msg));
+            Some(e.to_string())
+        }
+    };
+    for (w, outcome) in writes.into_iter().zip(outcomes) {
+        answer(w, outcome, failure.as_deref());
+    }
+}
+
+/// Applies every write in one open transaction and returns it uncommitted with each write's
+/// outcome. With `isolate`, each write runs in its own savepoint so that one failing write does
+/// not take the others down; without, the first failure rolls everything back.
+async fn apply_batch(
+    pool: &SqlitePool,
+    writes: &[Write],
+    isolate: bool,
+) -> Result<(WriteTx, Vec<StorageResult<Outcome>>), Unapplied> {
+    // IMMEDIATE takes the write lock up front, so a batch never fails half-way on a lock upgrade.
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| Unapplied::Begin(e.to_string()))?;
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for w in writes {
+        if isolate && exec(&mut tx, "SAVEPOINT w").await.is_err() {
+            return Err(Unapplied::Savepoint);
+        }
+        let outcome = match w {
+            Write::Message(m, _) => {
+                let insert: SendFuture<'_, _> = Box::pin(insert_message(&mut tx, m));
+                insert.await
+            }
+            Write::Ack(a, _) => {
+                let insert: SendFuture<'_, _> = Box::pin(insert_ack(&mut tx, a));
+                insert.await.map(|()| Outcome::Acked)
+            }
+            Write::Stop(_) => Ok(Outcome::Acked),
+        };
+        if !isolate {
+            if outcome.is_err() {
+                return Err(Unapplied::Write);
+            }
+        } else {
+            let undone = outcome.is_ok() || exec(&mut tx, "ROLLBACK TO w").await.is_ok();
+            if !undone || exec(&mut tx, "RELEASE w").await.is_err() {
+                // A write that cannot be undone must not be committed half-way.
+                return Err(Unapplied::Savepoint);
             }
         }
+        outcomes.push(outcome);
     }
+    Ok((tx, outcomes))
 }
 
-fn refuse(w: Write, msg: &str) {
-    let err = || StorageError::NotCommitted(msg.to_string());
-    match w {
-        Write::Message(_, tx) => {
-            let _ = tx.send(Err(err()));
-        }
-        Write::Ack(_, tx) => {
-            let _ = tx.send(Err(err()));
-        }
-        Write::Stop(tx) => {
-            let _ = tx.send(());
-        }
-    }
+/// Stores a message unless it is a retry: the insert computes the id and skips a duplicate
+/// client message id in the same statement, and one more statement updates every participant's
+/// conversation row, whatever the number of participants (a thread has hundreds).
+/// Inserts a message unless its client message id is already stored, computing its id.
+///
+/// Message ids are arrival times in ms, made strictly increasing within a conversation so that
+/// two messages in the same millisecond still get distinct ids, and so that a new message always
+/// sorts after every stored one (history pages never shift). The MIN keeps the + 1 from
+/// overflowing into a float.
+macro_rules! insert_message_sql {
+    () => {
+        "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms)
+         VALUES (?1, MAX(COALESCE(MIN((SELECT MAX(message_id) FROM messages WHERE conversation = ?1), 9223372036854775806) + 1, ?9), ?9),
+                 ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT DO NOTHING RETURNING message_id;"
+    };
 }
 
-async fn insert_message(tx: &mut WriteTx, message: NewMessage) -> StorageResult<StoredMessage> {
-    if let Some(cmid) = &message.client_message_id {
-        let existing = sqlx::query(
-            "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
-        )
-        .bind(&message.conversation)
-        .bind(&message.sender)
-        .bind(cmid)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some(row) = existing {
-            let mut stored = message_from_row(&row)?;
-            stored.duplicate = true;
-            return Ok(stored);
-        }
-    }
-    // Message ids are arrival times in ms, made strictly increasing within a conversation so
-    // that two messages in the same millisecond still get distinct ids, and so that a new
-    // message always sorts after every stored one (history pages never shift).
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(message_id) FROM messages WHERE conversation = ?")
-            .bind(&message.conversation)
-            .fetch_one(&mut **tx)
-            .await?;
-    let message_id = last.map_or(message.arrival_ms, |l| {
-        l.saturating_add(1).max(message.arrival_ms)
-    });
-    sqlx::query(
-        "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&message.conversation)
-    .bind(message_id)
-    .bind(&message.sender)
-    .bind(&message.sender_epid)
-    .bind(&message.recipient)
-    .bind(&message.client_message_id)
-    .bind(&message.message_type)
-    .bind(&message.headers)
-    .bind(&message.content)
-    .bind(message.arrival_ms)
-    .execute(&mut **tx)
-    .await?;
-    for p in &message.participants {
-        // A new row's history starts when the account was created, so a name that is removed
-        // and taken again does not inherit the old account's conversations.
-        sqlx::query(
-            "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from)
-             VALUES (?1, ?2, ?3, ?4, ?4, COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = ?1), 0))
+/// Then, in the same query (one trip to the connection's thread instead of two), updates every
+/// participant's conversation row with the message just inserted: `changes() = 1` only when the
+/// insert above was not skipped as a retry, and `last_insert_rowid()` is its row. A new row's
+/// history starts when the account was created, so a name that is removed and taken again does
+/// not inherit the old account's conversations. `WHERE true` keeps SQLite from reading the
+/// upsert's ON as a join constraint.
+macro_rules! store_message_sql {
+    ($select:literal) => {
+        concat!(
+            insert_message_sql!(),
+            "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from) ",
+            $select,
+            " FROM json_each(?10) AS p, messages m
+             WHERE m.rowid = last_insert_rowid() AND changes() = 1 AND true
              ON CONFLICT (account, id) DO UPDATE SET
                  version = MAX(version, excluded.version),
-                 last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)",
+                 last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)"
         )
-        .bind(p.account.as_str())
-        .bind(&p.conversation_id)
-        .bind(&message.conversation)
-        .bind(message_id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(StoredMessage {
-        message_id,
-        message,
-        duplicate: false,
-    })
+    };
 }
 
-async fn insert_ack(tx: &mut WriteTx, ack: AckRecord) -> StorageResult<()> {
-    let (conversation, message_id) = match ack.message {
-        Some((c, m)) => (Some(c), Some(m)),
+/// A thread: every member names it by the same id (?11), so the members travel as a plain array
+/// of names, which SQLite reads without parsing each element again.
+const STORE_THREAD_MESSAGE: &str = store_message_sql!(
+    "SELECT p.value, ?11, ?1, m.message_id, m.message_id,
+            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value), 0)"
+);
+
+/// One-to-one: `[account, id]` pairs.
+const STORE_MESSAGE: &str = store_message_sql!(
+    "SELECT p.value ->> 0, p.value ->> 1, ?1, m.message_id, m.message_id,
+            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value ->> 0), 0)"
+);
+
+/// Stores a message unless it is a retry, and updates its participants' conversation rows,
+/// whatever their number (a thread has hundreds), in one query.
+async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult<Outcome> {
+    let (sql, participants, thread_id) = match message.participants.split_first() {
+        None => (insert_message_sql!(), None, None),
+        Some((first, rest))
+            if rest
+                .iter()
+                .all(|p| p.conversation_id == first.conversation_id) =>
+        {
+            let accounts: Vec<&str> = message
+                .participants
+                .iter()
+                .map(|p| p.account.as_str())
+                .collect();
+            (
+                STORE_THREAD_MESSAGE,
+                Some(to_json(&accounts)?),
+                Some(first.conversation_id.as_str()),
+            )
+        }
+        Some(_) => {
+            let pairs: Vec<(&str, &str)> = message
+                .participants
+                .iter()
+                .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
+                .collect();
+            (STORE_MESSAGE, Some(to_json(&pairs)?), None)
+        }
+    };
+    let mut query = sqlx::query(sql)
+        .bind(&message.conversation)
+        .bind(&message.sender)
+        .bind(&message.sender_epid)
+        .bind(&message.recipient)
+        .bind(&message.client_message_id)
+        .bind(&message.message_type)
+        .bind(&message.headers)
+        .bind(&message.content)
+        .bind(message.arrival_ms);
+    if let Some(json) = participants {
+        query = query.bind(json).bind(thread_id);
+    }
+    // fetch_all: the query's second statement runs only if its results are asked for.
+    let inserted = query.fetch_all(&mut **tx).await?;
+    if let Some(row) = inserted.first() {
+        return Ok(Outcome::Stored(row.try_get(0)?));
+    }
+    // Skipped on a conflict: the client message id is taken (a retry), or the id is.
+    let existing = match &message.client_message_id {
+        Some(cmid) => {
+            sqlx::query(
+                "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
+            )
+            .bind(&message.conversation)
+            .bind(&message.sender)
+            .bind(cmid)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        None => None,
+    };
+    let row = existing.ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "no free message id left in conversation {}",
+            message.conversation
+        ))
+    })?;
+    let mut first = message_from_row(&row)?;
+    first.duplicate = true;
+    Ok(Outcome::Duplicate(Box::new(first)))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
+    serde_json::to_string(value).map_err(|e| StorageError::Corrupt(format!("participants: {e}")))
+}
+
+async fn insert_ack(tx: &mut WriteTx, ack: &AckRecord) -> StorageResult<()> {
+    let (conversation, message_id) = match &ack.message {
+        Some((c, m)) => (Some(c), Some(*m)),
         None => (None, None),
     };
     sqlx::query(
@@ -316,12 +420,19 @@ impl SqliteStorage {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // An embedded file does not go stale the way a network connection does, and the
+            // check is one more round trip to the connection's thread on every query.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(run_writer(pool.clone(), rx));
-        Ok(SqliteStorage { pool, writer })
+        Ok(SqliteStorage {
+            pool,
+            writer,
+            threads: Arc::default(),
+        })
     }
 
     /// Commits every queued write, stops the writer and closes the pool.
@@ -345,6 +456,12 @@ impl SqliteStorage {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// The thread cache; a panic elsewhere while it was held leaves nothing half-written in it
+    /// (each change is one insert or clear), so a poisoned lock is still usable.
+    fn thread_cache(&self) -> MutexGuard<'_, HashMap<String, CachedThread>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn submit(&self, write: Write) -> StorageResult<()> {
@@ -973,38 +1090,77 @@ impl Storage for SqliteStorage {
     }
 
     async fn thread(&self, id: &str) -> StorageResult<Option<ThreadRecord>> {
-        let Some(row) = sqlx::query(
-            "SELECT * FROM threads t WHERE t.id = ? AND t.closed = 0
-               AND EXISTS (SELECT 1 FROM thread_members m WHERE m.thread = t.id)",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
+        // A thread's message is sent to every member, so its members are read for each message;
+        // from the cache that is one row instead of hundreds.
+        let Some(row) = sqlx::query(THREAD_STATE)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
         else {
             return Ok(None);
         };
-        let members = sqlx::query(
+        let (version, members, max_seq): (i64, i64, i64) = (
+            row.try_get("version")?,
+            row.try_get("members")?,
+            row.try_get("max_seq")?,
+        );
+        if members == 0 {
+            return Ok(None);
+        }
+        if let Some(c) = self.thread_cache().get(id) {
+            if (c.record.version, c.members, c.max_seq) == (version, members, max_seq) {
+                return Ok(Some(c.record.clone()));
+            }
+        }
+        // Read again in one snapshot, so that the record and its validators agree.
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(THREAD_STATE)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
             "SELECT account, role, joined_ms FROM thread_members WHERE thread = ? ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ThreadMember {
-                account: stored_name(&r.try_get::<String, _>(0)?)?,
-                role: r.try_get(1)?,
-                joined_ms: r.try_get(2)?,
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let members = rows
+            .iter()
+            .map(|r| {
+                Ok(ThreadMember {
+                    account: stored_name(&r.try_get::<String, _>(0)?)?,
+                    role: r.try_get(1)?,
+                    joined_ms: r.try_get(2)?,
+                })
             })
-        })
-        .collect::<StorageResult<Vec<_>>>()?;
-        Ok(Some(ThreadRecord {
+            .collect::<StorageResult<Vec<_>>>()?;
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let record = ThreadRecord {
             id: row.try_get("id")?,
             creator: row.try_get("creator")?,
             topic: row.try_get("topic")?,
             version: row.try_get("version")?,
             members,
-        }))
+        };
+        let mut cache = self.thread_cache();
+        if cache.len() >= CACHED_THREADS {
+            cache.clear();
+        }
+        cache.insert(
+            id.to_string(),
+            CachedThread {
+                members: row.try_get("members")?,
+                max_seq: row.try_get("max_seq")?,
+                record: record.clone(),
+            },
+        );
+        Ok(Some(record))
     }
 
     async fn apply_thread_change(&self, change: ThreadChange) -> StorageResult<Vec<StoredMessage>> {
@@ -1062,7 +1218,17 @@ impl Storage for SqliteStorage {
         }
         let mut stored = Vec::with_capacity(change.activity.len());
         for message in change.activity {
-            stored.push(insert_message(&mut tx, message).await?);
+            stored.push(match insert_message(&mut tx, &message).await? {
+                Outcome::Stored(message_id) => StoredMessage {
+                    message_id,
+                    message,
+                    duplicate: false,
+                },
+                Outcome::Duplicate(first) => *first,
+                Outcome::Acked => {
+                    return Err(StorageError::Corrupt("a message stored as an ack".into()))
+                }
+            });
         }
         for gone in &change.left {
             let last_seen = stored
@@ -1105,6 +1271,7 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Participant;
 
     async fn storage_with(names: &[&str]) -> (tempfile::TempDir, SqliteStorage, Vec<AccountName>) {
         let dir = tempfile::tempdir().unwrap();
@@ -1165,5 +1332,106 @@ mod tests {
         assert_eq!(s.contacts(a).await.unwrap().len(), 1);
         s.remove_account(b).await.unwrap();
         assert!(s.contacts(a).await.unwrap().is_empty());
+    }
+
+    fn note(conversation: &str, from: &AccountName, cmid: Option<&str>, at: i64) -> NewMessage {
+        NewMessage {
+            conversation: conversation.to_string(),
+            participants: vec![Participant {
+                account: from.clone(),
+                conversation_id: conversation.to_string(),
+            }],
+            sender: format!("8:{from}"),
+            sender_epid: "{b958d334-651e-82fe-a2a1-3dfbb7f5cc08}".into(),
+            recipient: conversation.to_string(),
+            client_message_id: cmid.map(str::to_string),
+            message_type: "Text".into(),
+            headers: "Messaging: 2.0\r\n".into(),
+            content: b"hi".to_vec(),
+            arrival_ms: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn batched_writes_keep_ids_retries_and_failures_apart() {
+        let (_dir, s, n) = storage_with(&["alice"]).await;
+        let a = &n[0];
+        // Later than the account's creation, where its history starts.
+        const T: i64 = 4_000_000_000_000;
+        // Ids stay strictly increasing within a conversation even for one arrival time.
+        let first = s.store_message(note("c1", a, Some("1"), T)).await.unwrap();
+        let second = s.store_message(note("c1", a, Some("2"), T)).await.unwrap();
+        assert_eq!((first.message_id, second.message_id), (T, T + 1));
+        // A conversation whose ids are used up refuses its next message; a write failing in a
+        // batch must not take the other writes of that batch down with it.
+        s.store_message(note("full", a, None, i64::MAX))
+            .await
+            .unwrap();
+        let (retry, full, other) = tokio::join!(
+            s.store_message(note("c1", a, Some("1"), T + 5)),
+            s.store_message(note("full", a, None, 5)),
+            s.store_message(note("c2", a, Some("1"), T + 9)),
+        );
+        let retry = retry.unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(retry.message_id, T);
+        assert!(full.is_err());
+        let other = other.unwrap();
+        assert!(!other.duplicate);
+        assert_eq!(other.message_id, T + 9);
+        assert_eq!(s.conversation_messages("c1").await.unwrap().len(), 2);
+        // A retry leaves the conversation rows as the first copy left them.
+        let row = s.conversation(a, "c1").await.unwrap().unwrap();
+        assert_eq!(row.version, T + 1);
+        assert_eq!(s.conversation_messages("full").await.unwrap().len(), 1);
+        let row = s.conversation(a, "c2").await.unwrap().unwrap();
+        assert_eq!(
+            (row.version, row.last_message.map(|m| m.message_id)),
+            (T + 9, Some(T + 9))
+        );
+    }
+
+    #[tokio::test]
+    async fn thread_members_read_from_cache_follow_every_change() {
+        let (dir, s, n) = storage_with(&["alice", "bob", "carol"]).await;
+        let member = |a: &AccountName, at: i64| ThreadMember {
+            account: a.clone(),
+            role: "user".into(),
+            joined_ms: at,
+        };
+        let id = "19:00000000000000000000000000000001@thread.skype";
+        let mut thread = ThreadRecord {
+            id: id.into(),
+            creator: "8:alice".into(),
+            topic: String::new(),
+            version: 1,
+            members: vec![member(&n[0], 1), member(&n[1], 1)],
+        };
+        let change = |t: &ThreadRecord| ThreadChange {
+            thread: t.clone(),
+            joined: Vec::new(),
+            left: Vec::new(),
+            activity: Vec::new(),
+        };
+        s.apply_thread_change(change(&thread)).await.unwrap();
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        thread.version = 2;
+        thread.topic = "t".into();
+        thread.members.push(member(&n[2], 2));
+        s.apply_thread_change(change(&thread)).await.unwrap();
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        // The admin tool removes an account from another process: no version moves.
+        let other = SqliteStorage::open(&dir.path().join("db.sqlite3"))
+            .await
+            .unwrap();
+        assert!(other.remove_account(&n[1]).await.unwrap());
+        other.close().await;
+        thread.members.remove(1);
+        assert_eq!(s.thread(id).await.unwrap().as_ref(), Some(&thread));
+        thread.version = 3;
+        thread.members.clear();
+        s.apply_thread_change(change(&thread)).await.unwrap();
+        assert_eq!(s.thread(id).await.unwrap(), None);
     }
 }
