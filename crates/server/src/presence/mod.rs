@@ -405,39 +405,31 @@ impl PresenceService {
     /// not once per watcher.
     fn put_notice(&self, account: &AccountName, from: Option<&Epid>, doc: &UserDoc) -> Notice {
         let mri = account.mri();
-        Notice {
-            target: "MSGR\\PUT",
-            from: match from {
-                Some(e) => mri.with_epid(e.clone()).to_string(),
-                None => mri.to_string(),
-            },
-            body: doc.to_xml().into_bytes(),
-        }
+        let from = match from {
+            Some(e) => mri.with_epid(e.clone()).to_string(),
+            None => mri.to_string(),
+        };
+        Notice::new("MSGR\\PUT", from, doc.to_xml().into_bytes())
     }
 
     /// Likewise for `NFY MSGR\DEL`: `account` went offline.
     fn del_notice(&self, account: &AccountName) -> Notice {
-        Notice {
-            target: "MSGR\\DEL",
-            from: account.mri().to_string(),
-            body: UserDoc::default().to_xml().into_bytes(),
-        }
+        Notice::new(
+            "MSGR\\DEL",
+            account.mri().to_string(),
+            UserDoc::default().to_xml().into_bytes(),
+        )
     }
 
     /// The notification frame for one recipient, with its own `To` and `NotifNum`.
     fn frame_for(&self, to: &AccountName, notice: &Notice) -> Frame {
-        let mut m = FormattedMessage::new(
-            &to.mri().to_string(),
-            &notice.from,
-            ("Notification", "1.0"),
-            notice.body.clone(),
-        );
         let num = self.notif_num.fetch_add(1, Ordering::Relaxed);
-        m.content.push("NotifNum", num.to_string());
-        m.content.push("Uri", "/user");
-        m.content.push("NotifType", "Full");
-        m.content.push("Content-Type", "application/user+xml");
-        Frame::new("NFY", 0, notice.target, m.to_payload(&Headers::new()))
+        Frame::new(
+            "NFY",
+            0,
+            notice.target,
+            notice.payload(&to.mri().to_string(), num),
+        )
     }
 
     fn put_frame(
@@ -451,9 +443,86 @@ impl PresenceService {
     }
 }
 
-/// The shared parts of a presence notification.
+/// A presence notification as every recipient gets it but for `To` and `NotifNum`: the payload
+/// is encoded once, around two markers, and each recipient's copy is three slices and two values.
 struct Notice {
     target: &'static str,
-    from: String,
-    body: Vec<u8>,
+    /// The payload before `To`'s value, between it and `NotifNum`'s, and after that.
+    parts: [Vec<u8>; 3],
+}
+
+/// Stand-ins for the per-recipient values; neither byte occurs in an address or an XML document.
+const TO_MARK: u8 = 0x01;
+const NUM_MARK: u8 = 0x02;
+
+impl Notice {
+    fn new(target: &'static str, from: String, body: Vec<u8>) -> Notice {
+        let mut m = FormattedMessage::new(
+            &char::from(TO_MARK).to_string(),
+            &from,
+            ("Notification", "1.0"),
+            body,
+        );
+        m.content.push("NotifNum", char::from(NUM_MARK).to_string());
+        m.content.push("Uri", "/user");
+        m.content.push("NotifType", "Full");
+        m.content.push("Content-Type", "application/user+xml");
+        let whole = m.to_payload(&Headers::new());
+        // The headers come before the body, so the first of each marker is the one we placed.
+        let to_at = whole.iter().position(|b| *b == TO_MARK).unwrap_or(0);
+        let num_at = whole.iter().position(|b| *b == NUM_MARK).unwrap_or(to_at);
+        Notice {
+            target,
+            parts: [
+                whole[..to_at].to_vec(),
+                whole[(to_at + 1).min(num_at)..num_at].to_vec(),
+                whole[(num_at + 1).min(whole.len())..].to_vec(),
+            ],
+        }
+    }
+
+    /// The payload for one recipient.
+    fn payload(&self, to: &str, num: u64) -> Vec<u8> {
+        let num = num.to_string();
+        let [a, b, c] = &self.parts;
+        let mut out = Vec::with_capacity(a.len() + to.len() + b.len() + num.len() + c.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(to.as_bytes());
+        out.extend_from_slice(b);
+        out.extend_from_slice(num.as_bytes());
+        out.extend_from_slice(c);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_is_the_message_it_stands_for() {
+        let mut doc = UserDoc::default();
+        let mut im = msnp24_proto::xml::presence_doc::ServiceDoc::new("IM");
+        im.set_field("Status", "NLN");
+        doc.services.push(im);
+        let notice = Notice::new(
+            "MSGR\\PUT",
+            "8:alice;epid={x}".into(),
+            doc.to_xml().into_bytes(),
+        );
+        let mut want = FormattedMessage::new(
+            "8:bob",
+            "8:alice;epid={x}",
+            ("Notification", "1.0"),
+            doc.to_xml().into_bytes(),
+        );
+        want.content.push("NotifNum", "1234567");
+        want.content.push("Uri", "/user");
+        want.content.push("NotifType", "Full");
+        want.content.push("Content-Type", "application/user+xml");
+        assert_eq!(
+            String::from_utf8(notice.payload("8:bob", 1234567)).unwrap(),
+            String::from_utf8(want.to_payload(&Headers::new())).unwrap()
+        );
+    }
 }
