@@ -39,8 +39,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// A fresh database and a fresh name in Redis.
+    /// A fresh database and a fresh name in the test Redis.
     async fn new() -> Cluster {
+        Cluster::with_redis(&redis_url()).await
+    }
+
+    /// A fresh database and a fresh name in the Redis at `redis`.
+    async fn with_redis(redis: &str) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let name = format!("test-{:016x}", rand_u64());
         let storage = fresh_postgres_db().await;
@@ -51,7 +56,7 @@ impl Cluster {
                 "storage = \"{storage}\"\nrouting = \"{}\"\ncluster_name = \"{name}\"\n\
                  cluster_node_ttl_secs = {NODE_TTL_SECS}\npresence_keepalive_secs = {KEEPALIVE_SECS}\n\
                  max_connections_per_ip = 0\nframes_per_sec = 0\n[send_rate]\nper_second = 0\n",
-                redis_url()
+                redis
             ),
         )
         .unwrap();
@@ -311,4 +316,69 @@ async fn a_node_presumed_dead_drops_its_connections_to_rejoin() {
         .unwrap();
     assert_eq!(alive.len(), 1);
     assert_conformant_client(&alice);
+}
+
+/// A redis-server of the test's own, on a free port, killed when dropped.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis is only the meeting point: with it gone, a node still signs its users in, stores their
+/// messages and delivers them between its own connections (each Redis call gives up quickly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_is_gone_still_serves_its_own_users() {
+    let mut redis = OwnRedis::start();
+    let mut cluster = Cluster::with_redis(&redis.url).await;
+    cluster.add_user("alice");
+    cluster.add_user("bob");
+    let node = cluster.node();
+    let mut bob = sign_in(&node, "bob").await;
+    redis.kill();
+
+    let alice = sign_in(&node, "alice").await;
+    let reply = alice
+        .send_text("8:bob", "while redis is down")
+        .await
+        .unwrap();
+    assert!(reply.error_code().is_none(), "{}", reply.payload_lossy());
+    message(&mut bob, "8:alice", "while redis is down").await;
+    let history = bob.history("8:alice", None, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].content, "while redis is down");
+    for c in [&alice, &bob] {
+        assert_conformant_client(c);
+    }
 }

@@ -78,10 +78,21 @@ impl Coordination {
         }
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("routing: bad Redis URL: {e}"))?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
-            .await
-            .map_err(|_| anyhow::anyhow!("routing: Redis did not answer within 10 s"))?
-            .map_err(|e| anyhow::anyhow!("routing: cannot connect to Redis: {e}"))?;
+        // While Redis is down every call must fail fast (the node goes on serving its own
+        // connections and storing messages); the defaults retry for seconds inside each call.
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_connection_manager_with_config(manager),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("routing: Redis did not answer within 10 s"))?
+        .map_err(|e| anyhow::anyhow!("routing: cannot connect to Redis: {e}"))?;
         let keys = keys::Keys::new(&config.cluster_name);
         let node_ttl = Duration::from_secs(config.cluster_node_ttl_secs.max(1));
         let (orphans_tx, orphans_rx) = mpsc::channel(64);

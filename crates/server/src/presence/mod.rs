@@ -245,13 +245,8 @@ impl PresenceService {
     /// Runs idle and keep-alive deadlines until shutdown.
     pub async fn run_timers(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let next = match self.store.next_due().await {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence deadlines unavailable");
-                    None
-                }
-            };
+            // An error here shows again in `take_due` below, which says so and backs off.
+            let next = self.store.next_due().await.ok().flatten();
             let mut wait = match next {
                 Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
                 None => Duration::from_secs(3600),
@@ -267,7 +262,8 @@ impl PresenceService {
             let due = match self.store.take_due(now_ms()).await {
                 Ok(due) => due,
                 Err(e) => {
-                    tracing::warn!(error = %e, "presence deadlines unavailable");
+                    tracing::warn!(error = %e, "presence deadlines unavailable; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
