@@ -945,6 +945,17 @@ pub fn expect_ok(frame: Frame) -> anyhow::Result<Frame> {
     }
 }
 
+/// The server's `Message-ID` in a successful `SDG` reply.
+pub fn reply_message_id(reply: &Frame) -> anyhow::Result<u64> {
+    let payload = Payload::parse(&reply.payload).map_err(|e| anyhow!("bad reply payload: {e}"))?;
+    payload
+        .headers
+        .get("Message-ID")
+        .ok_or_else(|| anyhow!("no Message-ID in the reply"))?
+        .parse()
+        .map_err(|e| anyhow!("bad Message-ID: {e}"))
+}
+
 async fn await_reply(rx: oneshot::Receiver<Frame>) -> anyhow::Result<Frame> {
     match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
         Ok(Ok(frame)) => Ok(frame),

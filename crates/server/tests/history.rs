@@ -18,13 +18,7 @@ fn body(f: &Frame) -> String {
 }
 
 fn message_id(reply: &Frame) -> u64 {
-    Payload::parse(&reply.payload)
-        .unwrap()
-        .headers
-        .get("Message-ID")
-        .unwrap()
-        .parse()
-        .unwrap()
+    msnp24_client::reply_message_id(reply).unwrap()
 }
 
 /// A raw `GET` whose reply is checked to be a success and returned as it came.

@@ -11,13 +11,7 @@ use msnp24_proto::{FormattedMessage, Frame, Headers, Payload};
 use msnp24_server::storage::conversation_key;
 
 fn message_id(reply: &Frame) -> i64 {
-    Payload::parse(&reply.payload)
-        .unwrap()
-        .headers
-        .get("Message-ID")
-        .unwrap()
-        .parse()
-        .unwrap()
+    msnp24_client::reply_message_id(reply).unwrap() as i64
 }
 
 /// The next `SDG 0 MSGR` a client receives, parsed.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use msnp24_client::{expect_ok, http_login, new_epid, Client};
-use msnp24_proto::Payload;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_msnp24");
@@ -145,14 +144,7 @@ pub async fn stream(
 }
 
 fn message_id(reply: msnp24_proto::Frame) -> u64 {
-    let reply = expect_ok(reply).unwrap();
-    Payload::parse(&reply.payload)
-        .unwrap()
-        .headers
-        .get("Message-ID")
-        .unwrap()
-        .parse()
-        .unwrap()
+    msnp24_client::reply_message_id(&expect_ok(reply).unwrap()).unwrap()
 }
 
 /// Fails with every §0 violation the client saw.
