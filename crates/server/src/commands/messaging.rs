@@ -8,7 +8,7 @@ use msnp24_proto::{AccountName, ErrorCode, FormattedMessage, Frame, Headers, Mri
 
 use super::{internal, Flow, Outcome, Refusal};
 use crate::routing::{Delivery, DeliveryFilter, Outbound};
-use crate::session::Session;
+use crate::session::{Bound, Session};
 use crate::state::now_ms;
 use crate::storage::{conversation_key, AckRecord, NewMessage, Participant};
 
@@ -128,19 +128,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
     }
     let sender_mri = bound.account.mri();
     let to_text = recipient.mri().to_string();
-    let from_text = sender_mri.with_epid(bound.epid.clone()).to_string();
-    let message_type = msg.message_type().unwrap_or("Text").to_string();
     let arrival_ms = now_ms();
-
-    let mut routing = Headers::new()
-        .with("Routing", "1.0")
-        .with("To", to_text.clone())
-        .with("From", from_text);
-    for (n, v) in msg.routing.iter().skip(1) {
-        if !n.eq_ignore_ascii_case("To") && !n.eq_ignore_ascii_case("From") {
-            routing.push(n, v);
-        }
-    }
 
     // Blocking is silent (§5): the sender gets the normal reply, and nothing is stored (the
     // shared history would show it to the recipient) or delivered to anyone.
@@ -157,7 +145,6 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
         return Ok(Flow::Continue);
     }
 
-    let is_control = message_type.starts_with("Control/");
     let conversation = conversation_key(&sender_mri.to_string(), &to_text);
     let mut participants = vec![Participant {
         account: bound.account.clone(),
@@ -169,53 +156,17 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             conversation_id: sender_mri.to_string(),
         });
     }
-    let message_id = if is_control {
-        arrival_ms
-    } else {
-        let mut stored_headers = Vec::new();
-        msg.content.encode_into(&mut stored_headers);
-        let stored = s
-            .state
-            .storage
-            .store_message(NewMessage {
-                conversation: conversation.clone(),
-                participants,
-                sender: sender_mri.to_string(),
-                sender_epid: bound.epid.to_string(),
-                recipient: to_text.clone(),
-                client_message_id: msg.content.get("Client-Message-ID").map(str::to_string),
-                message_type: message_type.clone(),
-                headers: String::from_utf8_lossy(&stored_headers).into_owned(),
-                content: msg.body.clone(),
-                arrival_ms,
-            })
-            .await
-            .map_err(internal)?;
-        if stored.duplicate {
-            tracing::debug!(
-                conn = s.conn_id,
-                id = stored.message_id,
-                "retry of a stored message; not delivered again"
-            );
-            let reply = s.reply(frame, Vec::new(), false);
-            out.push(with_message_id(reply, stored.message_id));
-            return Ok(Flow::Continue);
-        }
-        stored.message_id
-    };
-    let reply = s.reply(frame, Vec::new(), false);
-    out.push(with_message_id(reply, message_id));
-
-    let delivery = Arc::new(Delivery {
-        message: FormattedMessage {
-            routing,
-            reliability: msg.reliability,
-            content: delivered_content(&msg.content, message_id, arrival_ms),
-            body: msg.body,
-        },
+    let outgoing = Outgoing {
+        to: to_text.clone(),
+        conversation,
+        participants,
         arrival_ms,
-        stored: (!is_control).then_some((conversation, message_id)),
-    });
+    };
+    let Some((delivery, message_id)) =
+        store_and_answer(s, frame, &bound, msg, outgoing, out).await?
+    else {
+        return Ok(Flow::Continue);
+    };
     let router = &s.state.router;
     let mut delivered = router
         .deliver(
@@ -242,6 +193,97 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
     }
     tracing::debug!(conn = s.conn_id, id = message_id, to = %to_text, delivered, "SDG");
     Ok(Flow::Continue)
+}
+
+/// A chat message on its way: where it goes and whose history it enters.
+pub(crate) struct Outgoing {
+    /// The address written in `To` and stored as the recipient (`8:bob`, a thread id).
+    pub to: String,
+    /// The conversation key of its history.
+    pub conversation: String,
+    /// The accounts whose history it enters.
+    pub participants: Vec<Participant>,
+    /// Arrival time, unix ms.
+    pub arrival_ms: i64,
+}
+
+/// Stores a chat message and answers its `SDG` with the `Message-ID`, then returns what to
+/// deliver with that id. `None` is a retry of a stored message: it is answered with the first
+/// copy's id and not delivered again. `Control/*` messages are not stored; their arrival time is
+/// their id.
+pub(crate) async fn store_and_answer(
+    s: &mut Session,
+    frame: &Frame,
+    bound: &Bound,
+    msg: FormattedMessage,
+    outgoing: Outgoing,
+    out: &mut Vec<Frame>,
+) -> Result<Option<(Arc<Delivery>, i64)>, Refusal> {
+    let Outgoing {
+        to,
+        conversation,
+        participants,
+        arrival_ms,
+    } = outgoing;
+    let sender_mri = bound.account.mri();
+    let message_type = msg.message_type().unwrap_or("Text").to_string();
+    let mut routing = Headers::new()
+        .with("Routing", "1.0")
+        .with("To", to.clone())
+        .with("From", sender_mri.with_epid(bound.epid.clone()).to_string());
+    for (n, v) in msg.routing.iter().skip(1) {
+        if !n.eq_ignore_ascii_case("To") && !n.eq_ignore_ascii_case("From") {
+            routing.push(n, v);
+        }
+    }
+    let is_control = message_type.starts_with("Control/");
+    let message_id = if is_control {
+        arrival_ms
+    } else {
+        let mut stored_headers = Vec::new();
+        msg.content.encode_into(&mut stored_headers);
+        let stored = s
+            .state
+            .storage
+            .store_message(NewMessage {
+                conversation: conversation.clone(),
+                participants,
+                sender: sender_mri.to_string(),
+                sender_epid: bound.epid.to_string(),
+                recipient: to,
+                client_message_id: msg.content.get("Client-Message-ID").map(str::to_string),
+                message_type,
+                headers: String::from_utf8_lossy(&stored_headers).into_owned(),
+                content: msg.body.clone(),
+                arrival_ms,
+            })
+            .await
+            .map_err(internal)?;
+        if stored.duplicate {
+            tracing::debug!(
+                conn = s.conn_id,
+                id = stored.message_id,
+                "retry of a stored message; not delivered again"
+            );
+            let reply = s.reply(frame, Vec::new(), false);
+            out.push(with_message_id(reply, stored.message_id));
+            return Ok(None);
+        }
+        stored.message_id
+    };
+    let reply = s.reply(frame, Vec::new(), false);
+    out.push(with_message_id(reply, message_id));
+    let delivery = Arc::new(Delivery {
+        message: FormattedMessage {
+            routing,
+            reliability: msg.reliability,
+            content: delivered_content(&msg.content, message_id, arrival_ms),
+            body: msg.body,
+        },
+        arrival_ms,
+        stored: (!is_control).then_some((conversation, message_id)),
+    });
+    Ok(Some((delivery, message_id)))
 }
 
 /// Puts `Message-ID` first in a reply's header block.

@@ -8,7 +8,7 @@ use msnp24_proto::mri::Network;
 use msnp24_proto::xml::thread::{Member, Thread, ThreadsQuery, ThreadsResponse};
 use msnp24_proto::{AccountName, ErrorCode, FormattedMessage, Frame, Headers, Mri, Payload};
 
-use super::messaging::{delivered_content, with_message_id};
+use super::messaging::{delivered_content, store_and_answer, Outgoing};
 use super::{bad_xml, internal, Flow, Outcome, Refusal};
 use crate::routing::{Delivery, DeliveryFilter, Outbound};
 use crate::session::{Bound, Session};
@@ -361,74 +361,34 @@ pub async fn sdg(
             "not a member of this thread",
         ));
     }
-    let message_type = msg.message_type().unwrap_or("Text").to_string();
-    if message_type.starts_with("ThreadActivity/") {
+    if msg
+        .message_type()
+        .is_some_and(|t| t.starts_with("ThreadActivity/"))
+    {
         // Only the thread posts these (§0.6); a member cannot forge one.
         return Err(Refusal::new(
             ErrorCode::Forbidden,
             "activity messages come from the thread",
         ));
     }
-    let sender_mri = bound.account.mri();
-    let arrival_ms = now_ms();
-    let mut routing = Headers::new()
-        .with("Routing", "1.0")
-        .with("To", id.clone())
-        .with("From", sender_mri.with_epid(bound.epid.clone()).to_string());
-    for (n, v) in msg.routing.iter().skip(1) {
-        if !n.eq_ignore_ascii_case("To") && !n.eq_ignore_ascii_case("From") {
-            routing.push(n, v);
-        }
-    }
-    let is_control = message_type.starts_with("Control/");
-    let message_id = if is_control {
-        arrival_ms
-    } else {
-        let mut stored_headers = Vec::new();
-        msg.content.encode_into(&mut stored_headers);
-        let stored = state
-            .storage
-            .store_message(NewMessage {
-                conversation: id.clone(),
-                participants: thread
-                    .members
-                    .iter()
-                    .map(|m| Participant {
-                        account: m.account.clone(),
-                        conversation_id: id.clone(),
-                    })
-                    .collect(),
-                sender: sender_mri.to_string(),
-                sender_epid: bound.epid.to_string(),
-                recipient: id.clone(),
-                client_message_id: msg.content.get("Client-Message-ID").map(str::to_string),
-                message_type: message_type.clone(),
-                headers: String::from_utf8_lossy(&stored_headers).into_owned(),
-                content: msg.body.clone(),
-                arrival_ms,
+    let outgoing = Outgoing {
+        to: id.clone(),
+        conversation: id.clone(),
+        participants: thread
+            .members
+            .iter()
+            .map(|m| Participant {
+                account: m.account.clone(),
+                conversation_id: id.clone(),
             })
-            .await
-            .map_err(internal)?;
-        if stored.duplicate {
-            let reply = s.reply(frame, Vec::new(), false);
-            out.push(with_message_id(reply, stored.message_id));
-            return Ok(Flow::Continue);
-        }
-        stored.message_id
+            .collect(),
+        arrival_ms: now_ms(),
     };
-    let reply = s.reply(frame, Vec::new(), false);
-    out.push(with_message_id(reply, message_id));
-
-    let delivery = Arc::new(Delivery {
-        message: FormattedMessage {
-            routing,
-            reliability: msg.reliability,
-            content: delivered_content(&msg.content, message_id, arrival_ms),
-            body: msg.body,
-        },
-        arrival_ms,
-        stored: (!is_control).then(|| (id.clone(), message_id)),
-    });
+    let Some((delivery, message_id)) =
+        store_and_answer(s, frame, bound, msg, outgoing, out).await?
+    else {
+        return Ok(Flow::Continue);
+    };
     let mut delivered = 0;
     for m in &thread.members {
         let except = (m.account == bound.account).then(|| bound.epid.clone());
