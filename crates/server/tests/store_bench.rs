@@ -45,6 +45,38 @@ fn message(from: &str, to: &str, i: usize) -> NewMessage {
     }
 }
 
+/// Stores `MESSAGES` messages from `senders` concurrent senders, checks the first sender's all
+/// arrived, closes the storage and prints one table row after `label`.
+async fn measure(storage: Arc<dyn Storage>, senders: usize, label: &str) {
+    let per_sender = MESSAGES / senders;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let (from, to) = (format!("sender{s}"), format!("peer{s}"));
+            for i in 0..per_sender {
+                storage.store_message(message(&from, &to, i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = per_sender * senders;
+    println!(
+        "{label}{senders:7} | {total:8} | {secs:7.2} | {:14.0}",
+        total as f64 / secs
+    );
+    let stored = storage
+        .conversation_messages(&conversation_key("8:sender0", "8:peer0"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), per_sender);
+    storage.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn store_throughput_with_group_commit() {
@@ -53,34 +85,8 @@ async fn store_throughput_with_group_commit() {
     println!("senders | messages | seconds | durable msgs/s");
     for senders in [1usize, 4, 16, 64, 256] {
         let path = dir.path().join(format!("bench-{senders}.sqlite3"));
-        let storage = Arc::new(SqliteStorage::open(&path).await.unwrap());
-        let per_sender = MESSAGES / senders;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for s in 0..senders {
-            let storage = storage.clone();
-            tasks.push(tokio::spawn(async move {
-                let (from, to) = (format!("sender{s}"), format!("peer{s}"));
-                for i in 0..per_sender {
-                    storage.store_message(message(&from, &to, i)).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let total = per_sender * senders;
-        println!(
-            "{senders:7} | {total:8} | {secs:7.2} | {:14.0}",
-            total as f64 / secs
-        );
-        let stored = storage
-            .conversation_messages(&conversation_key("8:sender0", "8:peer0"))
-            .await
-            .unwrap();
-        assert_eq!(stored.len(), per_sender);
-        storage.close().await;
+        let storage = SqliteStorage::open(&path).await.unwrap();
+        measure(Arc::new(storage), senders, "").await;
     }
 }
 
@@ -90,33 +96,7 @@ async fn postgres_store_throughput() {
     println!("PostgreSQL: senders | messages | seconds | durable msgs/s");
     for senders in [1usize, 4, 16, 64, 256] {
         let url = common::fresh_postgres_db().await;
-        let storage = Arc::new(PostgresStorage::open(&url).await.unwrap());
-        let per_sender = MESSAGES / senders;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for s in 0..senders {
-            let storage = storage.clone();
-            tasks.push(tokio::spawn(async move {
-                let (from, to) = (format!("sender{s}"), format!("peer{s}"));
-                for i in 0..per_sender {
-                    storage.store_message(message(&from, &to, i)).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let total = per_sender * senders;
-        println!(
-            "{senders:19} | {total:8} | {secs:7.2} | {:14.0}",
-            total as f64 / secs
-        );
-        let stored = storage
-            .conversation_messages(&conversation_key("8:sender0", "8:peer0"))
-            .await
-            .unwrap();
-        assert_eq!(stored.len(), per_sender);
-        storage.close().await;
+        let storage = PostgresStorage::open(&url).await.unwrap();
+        measure(Arc::new(storage), senders, "            ").await;
     }
 }
