@@ -47,7 +47,7 @@ impl Cluster {
     /// A fresh database and a fresh name in the Redis at `redis`.
     async fn with_redis(redis: &str) -> Cluster {
         let root = tempfile::tempdir().unwrap();
-        let name = format!("test-{:016x}", rand_u64());
+        let name = format!("test-{}", uuid::Uuid::new_v4().simple());
         let storage = fresh_postgres_db().await;
         let config = root.path().join("cluster.toml");
         std::fs::write(
@@ -87,18 +87,6 @@ impl Cluster {
             &[("MSNP24_STORAGE", &self.storage)],
         );
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
 }
 
 fn is_presence_of(f: &Frame, account: &str) -> Option<Event> {
