@@ -2,8 +2,6 @@
 //! in one sorted set, so an endpoint's keep-alive still runs out when the node that scheduled it
 //! is gone.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +11,9 @@ use redis::aio::ConnectionManager;
 
 use super::keys::Keys;
 use super::SharedLocks;
-use crate::presence::store::{PresenceGuard, PresenceResult, PresenceStoreError};
+use crate::presence::store::{PresenceGuard, PresenceResult, PresenceStoreError, Stripes};
 use crate::presence::{PresenceStore, Timer};
 
-/// Stripes of the local lock taken before the shared one, so that changes made on this node wait
-/// in memory rather than by polling Redis.
-const STRIPES: usize = 64;
 /// At most this many deadlines are claimed at once.
 const DUE_BATCH: usize = 500;
 
@@ -36,7 +31,9 @@ pub struct RedisPresenceStore {
     conn: ConnectionManager,
     keys: Keys,
     locks: Arc<dyn SharedLocks>,
-    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    /// Taken before the shared lock, so that changes made on this node wait in memory rather
+    /// than by polling Redis.
+    stripes: Stripes,
     take_due: redis::Script,
 }
 
@@ -51,7 +48,7 @@ impl RedisPresenceStore {
             conn,
             keys,
             locks,
-            stripes: (0..STRIPES).map(|_| Arc::default()).collect(),
+            stripes: Stripes::default(),
             take_due: redis::Script::new(TAKE_DUE),
         }
     }
@@ -93,10 +90,7 @@ fn parse_timer(member: &str) -> Option<Timer> {
 #[async_trait]
 impl PresenceStore for RedisPresenceStore {
     async fn lock(&self, account: &AccountName) -> PresenceGuard {
-        let mut h = DefaultHasher::new();
-        account.hash(&mut h);
-        let stripe = self.stripes[(h.finish() as usize) % STRIPES].clone();
-        let local = stripe.lock_owned().await;
+        let local = self.stripes.lock(account).await;
         let shared = self.locks.acquire(&format!("presence:{account}")).await;
         Box::new((local, shared))
     }

@@ -66,22 +66,34 @@ pub trait PresenceStore: Send + Sync + 'static {
 /// without a lock per account.
 const STRIPES: usize = 64;
 
+/// In-process locks per account, striped: changes made on this node wait here in memory.
+pub struct Stripes(Vec<Arc<tokio::sync::Mutex<()>>>);
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Stripes((0..STRIPES).map(|_| Arc::default()).collect())
+    }
+}
+
+impl Stripes {
+    /// Waits for the turn of `account`'s stripe.
+    pub async fn lock(&self, account: &AccountName) -> tokio::sync::OwnedMutexGuard<()> {
+        let mut h = DefaultHasher::new();
+        account.hash(&mut h);
+        self.0[(h.finish() as usize) % STRIPES]
+            .clone()
+            .lock_owned()
+            .await
+    }
+}
+
 /// One node's presence, in memory: it dies with the process (clients publish everything again
 /// at sign-in).
+#[derive(Default)]
 pub struct MemoryPresenceStore {
     accounts: Mutex<HashMap<AccountName, AccountState>>,
     timers: Mutex<BinaryHeap<Reverse<Timer>>>,
-    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
-}
-
-impl Default for MemoryPresenceStore {
-    fn default() -> Self {
-        MemoryPresenceStore {
-            accounts: Mutex::default(),
-            timers: Mutex::default(),
-            stripes: (0..STRIPES).map(|_| Arc::default()).collect(),
-        }
-    }
+    stripes: Stripes,
 }
 
 /// Nothing panics while these locks are held; recover rather than poison every connection.
@@ -92,10 +104,7 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[async_trait]
 impl PresenceStore for MemoryPresenceStore {
     async fn lock(&self, account: &AccountName) -> PresenceGuard {
-        let mut h = DefaultHasher::new();
-        account.hash(&mut h);
-        let stripe = self.stripes[(h.finish() as usize) % STRIPES].clone();
-        Box::new(stripe.lock_owned().await)
+        Box::new(self.stripes.lock(account).await)
     }
 
     async fn load(&self, account: &AccountName) -> PresenceResult<Option<AccountState>> {
