@@ -57,7 +57,11 @@ impl Serve {
 /// Starts `serve` on `dir` with `dir/test.toml` as its configuration and fresh loopback ports;
 /// returns once it prints its listening line.
 pub fn serve(dir: &Path) -> Serve {
-    let (msnp, http) = (free_port(), free_port());
+    serve_at(dir, free_port(), free_port())
+}
+
+/// Like [`serve`], on these ports (a restarted server comes back where its clients knew it).
+pub fn serve_at(dir: &Path, msnp: u16, http: u16) -> Serve {
     let mut child = Command::new(BIN)
         .args(["serve", "--no-tls", "--no-https", "--data-dir"])
         .arg(dir)
