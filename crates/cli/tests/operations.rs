@@ -27,6 +27,8 @@ fn json_log_lines_name_connection_account_and_command() {
     let log = std::fs::File::create(&log_path).unwrap();
     let mut server = serve_with(
         dir.path(),
+        free_port(),
+        free_port(),
         &["--log-format", "json"],
         "info",
         Stdio::from(log),

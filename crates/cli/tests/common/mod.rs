@@ -57,12 +57,23 @@ impl Serve {
 /// Starts `serve` on `dir` with `dir/test.toml` as its configuration and fresh loopback ports;
 /// returns once it prints its listening line.
 pub fn serve(dir: &Path) -> Serve {
-    serve_with(dir, &[], "warn", Stdio::inherit())
+    serve_with(dir, free_port(), free_port(), &[], "warn", Stdio::inherit())
 }
 
-/// Like [`serve`], with more flags, a `RUST_LOG` filter and somewhere for the log lines.
-pub fn serve_with(dir: &Path, extra: &[&str], log: &str, stderr: Stdio) -> Serve {
-    let (msnp, http) = (free_port(), free_port());
+/// Like [`serve`], on these ports (a restarted server comes back where its clients knew it).
+pub fn serve_at(dir: &Path, msnp: u16, http: u16) -> Serve {
+    serve_with(dir, msnp, http, &[], "warn", Stdio::inherit())
+}
+
+/// Like [`serve_at`], with more flags, a `RUST_LOG` filter and somewhere for the log lines.
+pub fn serve_with(
+    dir: &Path,
+    msnp: u16,
+    http: u16,
+    extra: &[&str],
+    log: &str,
+    stderr: Stdio,
+) -> Serve {
     let mut child = Command::new(BIN)
         .args(["serve", "--no-tls", "--no-https", "--data-dir"])
         .arg(dir)
