@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use msnp24_proto::AccountName;
 use msnp24_server::accounts::AccountError;
 use msnp24_server::config::LogFormat;
+use msnp24_server::routing::KickReason;
 use msnp24_server::storage::{ProfileUpdate, Storage, StorageError};
 use msnp24_server::{accounts, certs, Config, Server};
 
@@ -599,6 +600,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
                 Err(e) => bail!("{e}"),
             }
             storage.close().await;
+            end_sessions(&dir, &name, KickReason::PasswordChanged).await;
         }
         UserCommand::Contacts { name: raw, dir } => {
             let name = name(&raw)?;
@@ -621,9 +623,23 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             }
             println!("removed {name}");
             storage.close().await;
+            end_sessions(&dir, &name, KickReason::AccountRemoved).await;
         }
     }
     Ok(())
+}
+
+/// Asks the server running on this data directory to end the account's live sessions (on every
+/// node of its cluster), and says what happened.
+async fn end_sessions(dir: &DataDir, name: &AccountName, reason: KickReason) {
+    match msnp24_server::control::kick(&dir.data_dir, name, None, reason).await {
+        Ok(Some(n)) => println!("ended {n} live session(s) of {name}"),
+        Ok(None) => eprintln!(
+            "no server is running on {}; sessions on servers elsewhere end when their registration expires",
+            dir.data_dir.display()
+        ),
+        Err(e) => eprintln!("could not end live sessions of {name}: {e}"),
+    }
 }
 
 /// `forward,allow (3)`: the list bits by name, then the number.

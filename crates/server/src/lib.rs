@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod contacts;
+pub mod control;
 pub mod http;
 pub mod limits;
 pub mod presence;

@@ -96,6 +96,32 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }
 
+/// Binds the data directory's control socket, unless another server already answers on it
+/// (nodes sharing a data directory: the first keeps it). Failing to bind only loses the socket.
+async fn control_listener(dir: &std::path::Path) -> Option<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = crate::control::socket_path(dir);
+    if tokio::net::UnixStream::connect(&path).await.is_ok() {
+        tracing::warn!(path = %path.display(), "another server answers on this data directory's control socket; not taking it over");
+        return None;
+    }
+    // Left behind by a server that did not stop cleanly.
+    let _ = std::fs::remove_file(&path);
+    match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot restrict the control socket");
+            }
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no control socket: password changes and removals will not end live sessions at once");
+            None
+        }
+    }
+}
+
 impl Server {
     /// Opens storage and binds every listener; returns once all are accepting.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
@@ -192,6 +218,14 @@ impl Server {
             }));
         }
         drop(done_tx);
+        if let Some(listener) = control_listener(&config.data_dir).await {
+            tasks.push(tokio::spawn(crate::control::serve(
+                listener,
+                crate::control::socket_path(&config.data_dir),
+                state.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
 
         tracing::info!(
             msnp = %tcp_addr,

@@ -72,6 +72,13 @@ pub struct Session {
     pub challenge_nonce: Option<String>,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
+    /// When it expires, unix seconds (0: none handed out yet). Once past, every command of the
+    /// bound session is refused, whether or not it carries the token.
+    reg_expires_at: i64,
+    /// Id and generation of the account as `ATH` found it: checked again before a fresh
+    /// registration token is handed out, so a session of a removed account or an old password
+    /// ends by then even if nothing told this node.
+    pub credential: Option<(i64, i64)>,
     /// The latest `Ack-Id`s handed out, with the stored message each names, so an `ACK` can be
     /// recorded against its message.
     deliveries: VecDeque<(String, Option<(String, i64)>)>,
@@ -101,6 +108,8 @@ impl Session {
             signed_out: false,
             challenge_nonce: None,
             reg_issued_at: 0,
+            reg_expires_at: 0,
+            credential: None,
             deliveries: VecDeque::new(),
         }
     }
@@ -212,6 +221,18 @@ impl Session {
                 "the BND challenge has not been answered",
             ));
         }
+        if let Some(bound) = self.bound() {
+            let now = now_secs();
+            if self.reg_expires_at != 0 && now >= self.reg_expires_at {
+                tracing::info!(conn = self.conn_id, account = %bound.account, "registration expired; ending the session");
+                self.kick.send_replace(Some(KickReason::CredentialsExpired));
+                return Err(Refusal::new(ErrorCode::AuthFailed, "registration expired"));
+            }
+            let ttl = self.state.config.registration_ttl_secs as i64;
+            if now - self.reg_issued_at >= ttl / 2 {
+                self.check_credential().await?;
+            }
+        }
         if let (Some(bound), Some(token)) = (self.bound(), payload.headers.get("Registration")) {
             let claims = self
                 .state
@@ -228,6 +249,28 @@ impl Session {
         commands::dispatch(self, frame, &payload, out).await
     }
 
+    /// Before a fresh registration token is handed out: the account must still be the one `ATH`
+    /// found, under the same password; otherwise the session ends with `OUT`.
+    async fn check_credential(&mut self) -> Result<(), Refusal> {
+        let (Some((id, generation)), Some(bound)) = (self.credential, self.bound()) else {
+            return Ok(());
+        };
+        let account = bound.account.clone();
+        let reason = match self.state.storage.account(&account).await {
+            Ok(Some(a)) if a.id == id && a.generation == generation => return Ok(()),
+            Ok(Some(a)) if a.id == id => KickReason::PasswordChanged,
+            Ok(_) => KickReason::AccountRemoved,
+            Err(e) => {
+                // Storage trouble is not a revocation: check again at the next command.
+                tracing::warn!(conn = self.conn_id, error = %e, "credential check failed");
+                return Ok(());
+            }
+        };
+        tracing::info!(conn = self.conn_id, account = %account, ?reason, "credentials revoked; ending the session");
+        self.kick.send_replace(Some(reason));
+        Err(Refusal::new(ErrorCode::AuthFailed, "credentials revoked"))
+    }
+
     /// A success reply to `request`; once a bound endpoint's registration token is past half its
     /// lifetime (or `force`), the reply carries a fresh one with `UtcTime` and `Context` (§1).
     pub fn reply(&mut self, request: &Frame, body: impl Into<Vec<u8>>, force_token: bool) -> Frame {
@@ -241,11 +284,13 @@ impl Session {
                     TokenKind::Registration,
                     &Claims {
                         account: bound.account.clone(),
+                        account_id: 0,
                         generation: 0,
                         expires_at,
                         epid: Some(bound.epid.clone()),
                     },
                 );
+                self.reg_expires_at = expires_at;
                 payload.headers = Headers::new()
                     .with("UtcTime", now.to_string())
                     .with("Set-Registration", token)

@@ -102,6 +102,7 @@ impl AppState {
             kind,
             &Claims {
                 account: account.name.clone(),
+                account_id: account.id,
                 generation: account.generation,
                 expires_at,
                 epid: None,
@@ -110,8 +111,9 @@ impl AppState {
         (token, expires_at)
     }
 
-    /// Checks a token of `kind` and that its account still exists under the same generation
-    /// (a password change or removal revokes every earlier token).
+    /// Checks a token of `kind` and that its account still exists, as the same account (its id:
+    /// a removed name added again is another account) under the same generation (a password
+    /// change or removal revokes every earlier token).
     pub async fn verify_account_token(
         &self,
         kind: TokenKind,
@@ -122,7 +124,7 @@ impl AppState {
             .verify(kind, token, now_secs())
             .map_err(TokenRefusal::Token)?;
         match self.storage.account(&claims.account).await {
-            Ok(Some(a)) if a.generation == claims.generation => Ok(a),
+            Ok(Some(a)) if a.id == claims.account_id && a.generation == claims.generation => Ok(a),
             Ok(_) => Err(TokenRefusal::Revoked),
             Err(e) => {
                 tracing::error!(error = %e, "token account lookup failed");

@@ -45,6 +45,10 @@ impl TokenKind {
 pub struct Claims {
     /// The account it names.
     pub account: AccountName,
+    /// The account's database id, which is never given to another account, so a token of a
+    /// removed account never works for a new one of the same name (0 in registration tokens,
+    /// which only ever name the connection's own account).
+    pub account_id: i64,
     /// The account generation it was issued under.
     pub generation: i64,
     /// Expiry, unix seconds.
@@ -135,9 +139,10 @@ impl TokenSigner {
     pub fn issue(&self, kind: TokenKind, claims: &Claims) -> String {
         let epid = claims.epid.as_ref().map(Epid::as_str).unwrap_or("");
         let body = format!(
-            "{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}",
             kind.tag(),
             claims.account,
+            claims.account_id,
             claims.generation,
             claims.expires_at,
             epid
@@ -167,7 +172,7 @@ impl TokenSigner {
             .map_err(|_| TokenError::Invalid)?;
         let body = String::from_utf8(body).map_err(|_| TokenError::Invalid)?;
         let parts: Vec<&str> = body.split('|').collect();
-        let [tag, account, generation, expires_at, epid] = parts.as_slice() else {
+        let [tag, account, account_id, generation, expires_at, epid] = parts.as_slice() else {
             return Err(TokenError::Invalid);
         };
         if *tag != kind.tag() {
@@ -175,6 +180,7 @@ impl TokenSigner {
         }
         let claims = Claims {
             account: AccountName::parse(account).map_err(|_| TokenError::Invalid)?,
+            account_id: account_id.parse().map_err(|_| TokenError::Invalid)?,
             generation: generation.parse().map_err(|_| TokenError::Invalid)?,
             expires_at: expires_at.parse().map_err(|_| TokenError::Invalid)?,
             epid: if epid.is_empty() {
@@ -247,6 +253,7 @@ mod tests {
     fn claims(expires_at: i64) -> Claims {
         Claims {
             account: AccountName::parse("live:alice").unwrap(),
+            account_id: 9,
             generation: 3,
             expires_at,
             epid: Some(Epid::parse("b958d334-651e-82fe-a2a1-3dfbb7f5cc08").unwrap()),

@@ -322,6 +322,7 @@ async fn token_failures_get_documented_errors_never_500() {
             kind,
             &Claims {
                 account: account.name.clone(),
+                account_id: account.id,
                 generation: account.generation,
                 expires_at: 1,
                 epid: None,

@@ -127,3 +127,133 @@ async fn kick_reaches_endpoints_on_other_nodes() {
     expect_out(&mut on_a, "OtherLocation").await;
     expect_out(&mut other_b, "OtherLocation").await;
 }
+
+#[tokio::test]
+async fn password_change_and_removal_end_live_sessions_at_once() {
+    let t = TestServer::start().await;
+    t.add_user("alice").await;
+    t.add_user("bob").await;
+    let token = t.token("alice").await;
+    let mut a1 = t.connect().await;
+    a1.login("alice", &token, &new_epid()).await.unwrap();
+    let mut a2 = t.connect().await;
+    a2.login("alice", &token, &new_epid()).await.unwrap();
+    let mut bob = t.signed_in("bob").await;
+    let storage = t.server().state().storage.clone();
+
+    // What `msnp24 user passwd` does: change storage, then ask the running server.
+    msnp24_server::accounts::set_password(storage.as_ref(), &name("alice"), "new password")
+        .await
+        .unwrap();
+    let ended = msnp24_server::control::kick(
+        t.dir.path(),
+        &name("alice"),
+        None,
+        KickReason::PasswordChanged,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended, Some(2));
+    expect_out(&mut a1, "OtherLocation").await;
+    expect_out(&mut a2, "OtherLocation").await;
+
+    // And `msnp24 user remove`.
+    assert!(storage.remove_account(&name("bob")).await.unwrap());
+    let ended =
+        msnp24_server::control::kick(t.dir.path(), &name("bob"), None, KickReason::AccountRemoved)
+            .await
+            .unwrap();
+    assert_eq!(ended, Some(1));
+    expect_out(&mut bob, "OtherLocation").await;
+
+    // The socket is the server's own user's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(msnp24_server::control::socket_path(t.dir.path()))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+#[tokio::test]
+async fn a_session_whose_password_changed_ends_before_it_gets_a_fresh_registration() {
+    // Nothing tells the server here (no control socket request): the session itself notices
+    // when its registration is due for renewal (half its lifetime: 3 s).
+    let t = TestServer::start_with(|c| c.registration_ttl_secs = 6).await;
+    t.add_user("alice").await;
+    let mut a = t.signed_in("alice").await;
+    let storage = t.server().state().storage.clone();
+    // What a password change stores (hashing skipped: it would only make the test slower).
+    assert!(storage
+        .set_password(&name("alice"), "new hash", "new legacy")
+        .await
+        .unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let reply = a.ping().await.unwrap();
+    assert_eq!(reply.cmd, "911");
+    expect_out(&mut a, "OtherLocation").await;
+}
+
+#[tokio::test]
+async fn an_expired_registration_ends_the_session_even_without_the_header() {
+    let t = TestServer::start_with(|c| c.registration_ttl_secs = 2).await;
+    t.add_user("alice").await;
+    let mut a = t.signed_in("alice").await;
+    // No frame for longer than the registration lasts, then one without `Registration`.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let reply = a.ping().await.unwrap();
+    assert_eq!(reply.cmd, "911");
+    expect_out(&mut a, "SessionTimeout").await;
+}
+
+#[tokio::test]
+async fn a_removed_name_added_again_inherits_no_token_and_no_session() {
+    use msnp24_server::tokens::TokenKind;
+    let t = TestServer::start().await;
+    t.add_user("alice").await;
+    let state = t.server().state().clone();
+    let old = state
+        .storage
+        .account(&name("alice"))
+        .await
+        .unwrap()
+        .unwrap();
+    let login = t.token("alice").await;
+    let (refresh, _) = state.issue(TokenKind::Refresh, &old, 90 * 86_400);
+    let mut session = t.connect().await;
+    session.login("alice", &login, &new_epid()).await.unwrap();
+
+    // Removed (the newest account: SQLite would hand its id out again) and added again.
+    assert!(state.storage.remove_account(&name("alice")).await.unwrap());
+    msnp24_server::control::kick(
+        t.dir.path(),
+        &name("alice"),
+        None,
+        KickReason::AccountRemoved,
+    )
+    .await
+    .unwrap();
+    expect_out(&mut session, "OtherLocation").await;
+    t.add_user("alice").await;
+    let new = state
+        .storage
+        .account(&name("alice"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(new.id, old.id);
+    assert_eq!(
+        new.generation, old.generation,
+        "only the id tells them apart"
+    );
+
+    let mut c = t.connect().await;
+    let r = c.handshake(&login, &new_epid(), 2).await.unwrap();
+    assert_eq!(r[1].cmd, "911", "the old owner's login token");
+    assert!(state
+        .verify_account_token(TokenKind::Refresh, &refresh)
+        .await
+        .is_err());
+    // The new owner's own tokens work.
+    t.signed_in("alice").await;
+}

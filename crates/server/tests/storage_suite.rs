@@ -188,6 +188,10 @@ async fn accounts_create_conflict_lookup_and_remove(s: Arc<dyn Storage>) {
     // The name is free again, under a new id.
     let again = s.create_account(&bob, "h3", "l3").await.unwrap();
     assert_ne!(again.id, created.id);
+    // Not even the newest id comes back once its account is gone (tokens name the id).
+    assert!(s.remove_account(&bob).await.unwrap());
+    let third = s.create_account(&bob, "h4", "l4").await.unwrap();
+    assert!(third.id > again.id, "{} after {}", third.id, again.id);
 }
 
 async fn email_alias_and_profile(s: Arc<dyn Storage>) {
@@ -1032,6 +1036,7 @@ async fn postgres_nodes_share_the_token_key() {
     let (k1, k2) = (k1.unwrap(), k2.unwrap());
     let claims = Claims {
         account: name("alice"),
+        account_id: 1,
         generation: 1,
         expires_at: i64::MAX / 2,
         epid: None,

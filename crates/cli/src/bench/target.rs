@@ -87,6 +87,8 @@ pub struct Target {
     children: Vec<Child>,
     _tmp: Option<tempfile::TempDir>,
     signer: TokenSigner,
+    /// Id and generation of every account, which login tokens name.
+    ids: std::collections::HashMap<AccountName, (i64, i64)>,
 }
 
 impl Drop for Target {
@@ -125,9 +127,14 @@ impl Target {
         let storage = msnp24_server::open_storage(&config).await?;
         let made = create_accounts(storage.as_ref(), prefix, accounts).await;
         let signer = msnp24_server::open_tokens(&config, storage.as_ref()).await;
+        let listed = storage.list_accounts().await;
         storage.close().await;
         made?;
         let signer = signer?;
+        let ids = listed?
+            .into_iter()
+            .map(|a| (a.name, (a.id, a.generation)))
+            .collect();
         let storage = args.storage.clone();
         let mut target = Target {
             msnp: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -139,6 +146,7 @@ impl Target {
             children: Vec::new(),
             _tmp: tmp,
             signer,
+            ids,
         };
         if let Some(msnp) = args.server {
             let Some(http) = args.http.clone() else {
@@ -180,11 +188,16 @@ impl Target {
     /// A login token for account `{prefix}{i}`, minted with the server's secret (the password
     /// path is measured on its own by the `login` scenario).
     pub fn token(&self, name: &str) -> anyhow::Result<String> {
+        let account = AccountName::parse(name)?;
+        let Some(&(account_id, generation)) = self.ids.get(&account) else {
+            bail!("no account named {account}");
+        };
         Ok(self.signer.issue(
             TokenKind::Login,
             &Claims {
-                account: AccountName::parse(name)?,
-                generation: 1,
+                account,
+                account_id,
+                generation,
                 expires_at: time::OffsetDateTime::now_utc().unix_timestamp() + 86_400,
                 epid: None,
             },

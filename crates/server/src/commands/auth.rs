@@ -34,13 +34,16 @@ pub async fn ath(
     }
     let account =
         account.ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "Authentication failed"))?;
+    let credential = Some((account.id, account.generation));
     match &s.phase {
         Phase::New | Phase::Connected => {
             tracing::info!(conn = s.conn_id, peer = %s.peer, account = %account.name, "authenticated");
             s.phase = Phase::Authenticated(account.name);
+            s.credential = credential;
         }
         _ if s.account() == Some(&account.name) => {
             tracing::debug!(conn = s.conn_id, "credentials refreshed");
+            s.credential = credential;
         }
         _ => {
             return Err(Refusal::new(

@@ -596,7 +596,8 @@ impl Storage for SqliteStorage {
     ) -> StorageResult<Account> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let row = sqlx::query(
-            "INSERT INTO accounts (name, password_hash, legacy_hash, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+            "INSERT INTO accounts (id, name, password_hash, legacy_hash, created_at) \
+             VALUES ((SELECT last + 1 FROM account_ids), ?, ?, ?, ?) RETURNING *",
         )
         .bind(name.as_str())
         .bind(password_hash)

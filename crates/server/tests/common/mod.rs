@@ -142,22 +142,15 @@ pub async fn make_accounts(t: &TestServer, prefix: &str, n: usize) -> Vec<Accoun
 /// Signs each account in (handshake and subscriptions) with a login token issued directly, 50
 /// connections at a time.
 pub async fn sign_in_many(t: &TestServer, names: &[AccountName]) -> Vec<Client> {
-    use msnp24_server::tokens::{Claims, TokenKind};
+    use msnp24_server::tokens::TokenKind;
     let state = t.server().state().clone();
     let addr = t.server().tcp_addr;
     let mut clients = Vec::with_capacity(names.len());
     for chunk in names.chunks(50) {
         let mut set = tokio::task::JoinSet::new();
         for nm in chunk {
-            let token = state.tokens.issue(
-                TokenKind::Login,
-                &Claims {
-                    account: nm.clone(),
-                    generation: 1,
-                    expires_at: msnp24_server::state::now_secs() + 3600,
-                    epid: None,
-                },
-            );
+            let account = state.storage.account(nm).await.unwrap().unwrap();
+            let (token, _) = state.issue(TokenKind::Login, &account, 3600);
             let account = nm.as_str().to_string();
             set.spawn(async move {
                 let mut c = Client::connect_tcp(addr).await.unwrap();
