@@ -153,7 +153,7 @@ async fn setup_with(edit: impl FnOnce(&mut msnp24_server::Config)) -> TestServer
     let storage = t.server().state().storage.clone();
     for (name, email, display) in [
         ("live:alice", None, "Alice Liddell"),
-        ("bob", Some("Bob@Example.com"), "Bob"),
+        ("bob", Some("Bob@Example.com"), "Bob Builder"),
     ] {
         t.add_user(name).await;
         storage
@@ -684,9 +684,39 @@ async fn contacts_services_act_on_the_same_lists() {
             c["authorized"].as_bool(),
             c["blocked"].as_bool()
         ),
-        (Some("8:bob"), Some("Bob"), Some(true), Some(false))
+        (Some("8:bob"), Some("Bob Builder"), Some(true), Some(false))
     );
-    assert_eq!(c["profile"]["name"]["first"], "Bob");
+    // The contacts service and the profile service split the display name alike.
+    assert_eq!(
+        (
+            &c["profile"]["name"]["first"],
+            &c["profile"]["name"]["surname"]
+        ),
+        (&serde_json::json!("Bob"), &serde_json::json!("Builder"))
+    );
+    let (status, public) = json(
+        http.get(format!(
+            "https://api.skype.com:{port}/users/bob/profile/public"
+        ))
+        .header("X-Skypetoken", &alice_st)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            &public["firstname"],
+            &public["lastname"],
+            &public["displayname"]
+        ),
+        (
+            &serde_json::json!("Bob"),
+            &serde_json::json!("Builder"),
+            &serde_json::json!("Bob Builder")
+        )
+    );
     assert_eq!(c["profile"]["mood"], "around");
     // The same list MSNP sees: bob's row for alice has forward and allow.
     let rows = state
