@@ -587,8 +587,8 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             let accounts = storage.list_accounts().await?;
             for a in &accounts {
                 match &a.email {
-                    Some(email) => println!("{}\t{email}", a.name),
-                    None => println!("{}", a.name),
+                    Some(email) => println!("{}\t{}", esc(a.name.as_str()), esc(email)),
+                    None => println!("{}", esc(a.name.as_str())),
                 }
             }
             eprintln!("{} account(s)", accounts.len());
@@ -617,7 +617,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             }
             let contacts = storage.contacts(&name).await?;
             for c in &contacts {
-                println!("{}\t{}", c.name, describe_bits(c.bits));
+                println!("{}\t{}", esc(c.name.as_str()), describe_bits(c.bits));
             }
             eprintln!("{} contact(s)", contacts.len());
             storage.close().await;
@@ -708,9 +708,9 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
                 println!(
                     "{}\t{}\t{}\t{}",
                     iso_time(r.reported_at.saturating_mul(1000)),
-                    r.reporter,
-                    r.reporter_epid,
-                    r.reported
+                    esc(r.reporter.as_str()),
+                    esc(r.reporter_epid.as_str()),
+                    esc(&r.reported)
                 );
             }
             eprintln!("{} report(s)", reports.len());
@@ -727,10 +727,10 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     iso_time(s.updated_at.saturating_mul(1000)),
-                    s.account,
-                    scope,
-                    s.kind,
-                    s.value
+                    esc(s.account.as_str()),
+                    esc(scope),
+                    esc(&s.kind),
+                    esc(&s.value)
                 );
             }
             eprintln!("{} setting(s)", settings.len());
@@ -873,9 +873,12 @@ async fn print_recent(client: &msnp24_client::Client, pagesize: u32) -> anyhow::
             match c.messages.first() {
                 Some(m) => println!(
                     "{}  (last at {}) {}: {}",
-                    c.id, m.original_arrival_time, m.from, m.content
+                    esc(&c.id),
+                    esc(&m.original_arrival_time),
+                    esc(&m.from),
+                    esc(&m.content)
                 ),
-                None => println!("{}  (no messages)", c.id),
+                None => println!("{}  (no messages)", esc(&c.id)),
             }
         }
         match (page.hasmore, page.syncstate) {
@@ -890,10 +893,22 @@ async fn print_recent(client: &msnp24_client::Client, pagesize: u32) -> anyhow::
 fn print_history_message(m: &msnp24_proto::xml::HistoryMessage) {
     println!(
         "{} [{}] {}: {}",
-        m.original_arrival_time, m.message_type, m.from, m.content
+        esc(&m.original_arrival_time),
+        esc(&m.message_type),
+        esc(&m.from),
+        esc(&m.content)
     );
 }
 
 fn print_event(frame: &msnp24_proto::Frame) {
-    println!("{}", msnp24_client::Event::from_frame(frame));
+    println!(
+        "{}",
+        esc(&msnp24_client::Event::from_frame(frame).to_string())
+    );
+}
+
+/// Text from storage or a peer as it may reach the operator's terminal: control characters
+/// (ESC sequences, newlines that fake rows) escaped.
+fn esc(text: &str) -> msnp24_server::text::Escaped<'_> {
+    msnp24_server::text::escape(text)
 }

@@ -26,6 +26,10 @@ pub struct Config {
     pub https_listen: Option<SocketAddr>,
     /// Host names of the generated server certificate (clients reach us under these names).
     pub tls_names: Vec<String>,
+    /// Host names the HTTP(S) services answer under: the sign-in redirect and the login page name
+    /// the request's `Host` only when it is one of these, else the first. Empty (the default):
+    /// `tls_names`, `localhost`, and the HTTP(S) listen addresses.
+    pub http_hosts: Vec<String>,
     /// PEM certificate chain for TLS; when absent, a local CA in the data directory issues one.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
@@ -145,6 +149,37 @@ impl Default for ThrottleConfig {
     }
 }
 
+impl Config {
+    /// The host names the HTTP(S) services may name in redirects and pages (see `http_hosts`).
+    pub fn accepted_hosts(&self) -> Vec<String> {
+        if !self.http_hosts.is_empty() {
+            return self
+                .http_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+        }
+        let mut hosts: Vec<String> = self
+            .tls_names
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        hosts.push("localhost".to_string());
+        for addr in [Some(self.http_listen), self.https_listen]
+            .into_iter()
+            .flatten()
+        {
+            if !addr.ip().is_unspecified() {
+                hosts.push(match addr.ip() {
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                });
+            }
+        }
+        hosts
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -154,6 +189,7 @@ impl Default for Config {
             tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1864))),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             https_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            http_hosts: Vec::new(),
             tls_names: [
                 "localhost",
                 "login.live.com",

@@ -2,6 +2,7 @@
 //! shutdown that tells every client `OUT` and waits for connections to finish.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     // Certificates live in the data directory whichever database holds the rest.
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", config.data_dir.display()))?;
+    restrict_data_dir(&config.data_dir)?;
     if let Some(url) = config.postgres_url()? {
         let storage = PostgresStorage::open(url)
             .await
@@ -52,10 +54,45 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
         return Ok(Arc::new(storage));
     }
     let path = config.database_path();
+    // SQLite gives its -wal and -shm files the database file's mode: create it private.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    }
     let storage = SqliteStorage::open(&path)
         .await
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
     Ok(Arc::new(storage))
+}
+
+/// Makes the data directory readable by the server's user only: the directory and every
+/// directory in it 0700, every file 0600 (the database and its -wal and -shm, the token secret,
+/// TLS keys). Run at start, and again once certificates are made.
+pub fn restrict_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| anyhow::anyhow!("restricting {}: {e}", p.display()))
+    };
+    set(dir, 0o700)?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            restrict_data_dir(&path)?;
+        } else if kind.is_file() || kind.is_socket() {
+            set(&path, 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 /// The token signer: its key lives in the database when that is shared (PostgreSQL), so that
@@ -218,6 +255,8 @@ impl Server {
             }));
         }
         drop(done_tx);
+        // Certificates were made after the directory was first restricted.
+        restrict_data_dir(&config.data_dir)?;
         if let Some(listener) = control_listener(&config.data_dir).await {
             tasks.push(tokio::spawn(crate::control::serve(
                 listener,

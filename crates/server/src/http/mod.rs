@@ -24,6 +24,32 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .merge(compat::routes())
         .merge(web::routes())
         .with_state(state)
+        .layer(axum::middleware::map_response(html_headers))
+}
+
+/// Framing and content rules for every HTML page (the login page, the web messenger): no page
+/// may be framed by another site (clickjacking the sign-in form), and scripts, styles and
+/// requests come from this origin only.
+pub const HTML_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; object-src 'none'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
+/// Adds `X-Frame-Options` and `Content-Security-Policy` to HTML responses that lack them.
+async fn html_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{HeaderValue, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_FRAME_OPTIONS};
+    let html = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/html"));
+    if html {
+        let h = response.headers_mut();
+        h.entry(X_FRAME_OPTIONS)
+            .or_insert(HeaderValue::from_static("DENY"));
+        h.entry(CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(HTML_CSP));
+    }
+    response
 }
 
 /// The client's address, for throttling; the same type serves the HTTP and HTTPS listeners.

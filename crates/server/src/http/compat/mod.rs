@@ -51,20 +51,32 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/users/self/contacts/{name}", delete(contacts::remove))
 }
 
-/// The host name the client used, safe to echo into a URL, HTML and JavaScript.
-pub fn request_host(headers: &HeaderMap) -> String {
-    headers
+/// The host (with its port) the client used if it is one the server answers under
+/// (`Config::accepted_hosts`), else the first of those: never a name the client made up, since
+/// it ends up in the sign-in redirect that carries the tokens.
+pub fn request_host(state: &AppState, headers: &HeaderMap) -> String {
+    let accepted = state.config.accepted_hosts();
+    let given = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
+        .map(|h| h.trim().to_ascii_lowercase())
         .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-                })
-        })
-        .unwrap_or("localhost")
-        .to_string()
+            let name = match h.rsplit_once(':') {
+                Some((name, port))
+                    if !name.is_empty()
+                        && (!name.contains(':') || name.ends_with(']'))
+                        && !port.is_empty()
+                        && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    name
+                }
+                _ => h.as_str(),
+            };
+            accepted.iter().any(|a| a == name)
+        });
+    given
+        .or_else(|| accepted.into_iter().next())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// A Skype-API style error: `{"status": {"code": N, "text": "…"}}`.

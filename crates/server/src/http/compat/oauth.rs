@@ -101,7 +101,7 @@ pub async fn authorize(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let host = request_host(&headers);
+    let host = request_host(&state, &headers);
     let query = sanitize_query(query);
     let cookie = uuid::Uuid::new_v4().simple().to_string();
     let page = login_page(&host, &query, &ppft(&state, &cookie), None);
@@ -141,7 +141,7 @@ pub async fn post_srf(
     RawQuery(query): RawQuery,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
-    let host = request_host(&headers);
+    let host = request_host(&state, &headers);
     let query = sanitize_query(query);
     let cookie = cookie_value(&headers);
     let again = |status: StatusCode, reason: &str| {
