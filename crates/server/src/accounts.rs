@@ -214,10 +214,12 @@ pub async fn authenticate(
     let key = login.trim().to_ascii_lowercase();
     if let Some(wait) = state.throttle.locked(&key, ip) {
         tracing::info!(%ip, account = %key, "login throttled");
+        crate::stats::login("throttled");
         return Err(LoginError::Throttled(wait));
     }
     let account = find(state.storage.as_ref(), login).await.map_err(|e| {
         tracing::error!(error = %e, "login lookup failed");
+        crate::stats::login("error");
         LoginError::Internal
     })?;
     let (presented, hash) = match (secret, &account) {
@@ -236,10 +238,12 @@ pub async fn authenticate(
     match account.filter(|_| ok) {
         Some(a) => {
             state.throttle.succeeded(&key);
+            crate::stats::login("ok");
             Ok(a)
         }
         None => {
             state.throttle.failed(&key, ip);
+            crate::stats::login("invalid");
             tracing::info!(%ip, account = %key, "login failed");
             Err(LoginError::Invalid)
         }
