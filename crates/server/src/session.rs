@@ -157,12 +157,14 @@ impl Session {
 
     async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
+        let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
         match (&outcome, frame.cmd.as_str()) {
             (Ok(_), "BND") if self.bound().is_some() => crate::stats::handshake(true),
             (Err(_), "CNT" | "ATH" | "BND") => crate::stats::handshake(false),
             _ => {}
         }
+        self.hold_to_frame_limit(&frame, &mut out[start..]);
         match outcome {
             Ok(flow) => flow,
             Err(refusal) => {
@@ -182,6 +184,24 @@ impl Session {
                     Flow::Continue
                 }
             }
+        }
+    }
+
+    /// Replies are held to the frame limit requests are held to: handlers size what they build
+    /// (presence, history pages), and one that did not becomes `500` here rather than a frame the
+    /// client cannot read.
+    fn hold_to_frame_limit(&self, request: &Frame, replies: &mut [Frame]) {
+        let limit = self.state.config.max_payload;
+        for reply in replies.iter_mut().filter(|r| r.payload.len() > limit) {
+            tracing::error!(
+                conn = self.conn_id,
+                cmd = %request.cmd,
+                target = %request.target,
+                len = reply.payload.len(),
+                limit,
+                "reply larger than the frame limit; answered 500 instead"
+            );
+            *reply = request.error_reply(ErrorCode::Internal, "reply too large");
         }
     }
 
