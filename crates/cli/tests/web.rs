@@ -189,6 +189,7 @@ async fn wrong_password_and_throttling_are_explained() {
         &["alice"],
         "[login_throttle]\nmax_failures_per_account = 2\nmax_failures_per_ip = 100\n",
     );
+    let site = &site;
     scenario("wrong_password", |ctx| async move {
         // A phone-sized window: the form must work there too.
         let b = ctx.browser_sized("alice", 390, 800).await?;
@@ -238,6 +239,7 @@ async fn wrong_password_and_throttling_are_explained() {
 async fn two_browser_users_add_each_other_and_chat() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob"], "");
+    let site = &site;
     scenario("two_browsers", |ctx| async move {
         let alice = ctx.browser("alice").await?;
         // Bob is on a phone-sized screen: the list and the conversation take turns.
@@ -335,12 +337,14 @@ async fn two_browser_users_add_each_other_and_chat() {
 async fn browser_and_client_library_users_exchange_messages_and_presence() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob"], "");
+    let site = &site;
     scenario("browser_and_client", |ctx| async move {
         let alice = ctx.browser("alice").await?;
         sign_in_browser(&alice, &site, "alice").await?;
 
         // Bob uses the client library over TCP: he asks, Alice accepts in the page.
         let mut bob = sign_in(&site.server, "bob").await;
+        bob.set_presence("NLN", None).await?;
         bob.add_contact("alice").await?;
         alice
             .wait_visible("#requests li[data-request=\"bob\"]")
@@ -389,6 +393,7 @@ async fn group_chat_with_three_members() {
     let site = Site::new(&["alice", "bob", "carol"], "");
     befriend(&site, "alice", "bob").await.unwrap();
     befriend(&site, "alice", "carol").await.unwrap();
+    let site = &site;
     scenario("group_chat", |ctx| async move {
         let alice = ctx.browser("alice").await?;
         let bob = ctx.browser("bob").await?;
@@ -458,6 +463,7 @@ async fn scrolling_back_loads_older_history_pages() {
     for i in 0..SENT {
         bob.send_text("8:alice", &format!("old {i}")).await.unwrap();
     }
+    let site = &site;
     scenario("history_paging", |ctx| async move {
         let alice = ctx.browser("alice").await?;
         sign_in_browser(&alice, &site, "alice").await?;
@@ -519,6 +525,7 @@ async fn the_page_reconnects_after_the_server_restarts() {
     let _serial = SERIAL.lock().await;
     let mut site = Site::new(&["alice", "bob"], "");
     befriend(&site, "alice", "bob").await.unwrap();
+    let site = &mut site;
     scenario("reconnect", |ctx| async move {
         let alice = ctx.browser("alice").await?;
         sign_in_browser(&alice, &site, "alice").await?;
