@@ -589,3 +589,44 @@ async fn client_receives_or_history(bob: &mut Client, text: &str) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Takes the README's picture (`docs/web-messenger.png`): Alice chatting with Bob, who uses the
+/// client library, with Carol offline. Run by hand after the page changes:
+/// `cargo test -p msnp24 --test web -- --ignored readme_screenshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/web-messenger.png; run by hand"]
+async fn readme_screenshot() {
+    let _serial = SERIAL.lock().await;
+    let site = Site::new(&["alice", "bob", "carol"], "");
+    befriend(&site, "alice", "bob").await.unwrap();
+    befriend(&site, "alice", "carol").await.unwrap();
+    let site = &site;
+    scenario("readme_screenshot", |ctx| async move {
+        let bob = sign_in(&site.server, "bob").await;
+        bob.set_presence("AWY", Some("on the train")).await?;
+        bob.send_text("8:alice", "Are we still on for Saturday?")
+            .await?;
+        let alice = ctx.browser_sized("alice", 1000, 620).await?;
+        sign_in_browser(&alice, site, "alice").await?;
+        alice.type_into("#me-mood", "writing Rust").await?;
+        alice.keys("#me-mood", ENTER).await?;
+        wait_status(&alice, "bob", "AWY").await?;
+        open_chat(&alice, "bob").await?;
+        wait_message(&alice, "Are we still on for Saturday?").await?;
+        send(&alice, "Yes! 10 am at the station.").await?;
+        wait_message(&alice, "Yes! 10 am at the station.").await?;
+        bob.send_message("8:alice", "Control/Typing", b"", None)
+            .await?;
+        bob.send_text("8:alice", "Great, see you there 🚆").await?;
+        wait_message(&alice, "Great, see you there 🚆").await?;
+        bob.send_message("8:alice", "Control/Typing", b"", None)
+            .await?;
+        alice.wait_text("#typing", "is typing").await?;
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/web-messenger.png");
+        alice.screenshot(&path).await?;
+        eprintln!("wrote {}", path.display());
+        Ok(())
+    })
+    .await;
+}
