@@ -617,8 +617,8 @@ async fn readme_screenshot() {
         wait_message(&alice, "Yes! 10 am at the station.").await?;
         bob.send_message("8:alice", "Control/Typing", b"", None)
             .await?;
-        bob.send_text("8:alice", "Great, see you there 🚆").await?;
-        wait_message(&alice, "Great, see you there 🚆").await?;
+        bob.send_text("8:alice", "Great, see you there!").await?;
+        wait_message(&alice, "Great, see you there!").await?;
         bob.send_message("8:alice", "Control/Typing", b"", None)
             .await?;
         alice.wait_text("#typing", "is typing").await?;
