@@ -574,6 +574,101 @@ async fn the_page_reconnects_after_the_server_restarts() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
+async fn two_tabs_share_carbons_and_read_state_and_the_list_is_managed() {
+    let _serial = SERIAL.lock().await;
+    let site = Site::new(&["alice", "bob", "carol"], "");
+    befriend(&site, "alice", "bob").await.unwrap();
+    let site = &site;
+    scenario("tabs_and_list", |ctx| async move {
+        // Two windows of Alice's: two endpoints of one account.
+        let tab1 = ctx.browser("alice-tab1").await?;
+        let tab2 = ctx.browser("alice-tab2").await?;
+        sign_in_browser(&tab1, site, "alice").await?;
+        sign_in_browser(&tab2, site, "alice").await?;
+        let mut bob = sign_in(&site.server, "bob").await;
+        bob.set_presence("NLN", None).await?;
+        wait_status(&tab2, "bob", "NLN").await?;
+
+        // A message reaches both tabs as unread; reading it in one clears the count in the other.
+        bob.send_text("8:alice", "to every tab").await?;
+        for t in [&tab1, &tab2] {
+            t.wait_text("#contacts li[data-contact=\"bob\"] .badge", "1")
+                .await?;
+        }
+        open_chat(&tab1, "bob").await?;
+        wait_message(&tab1, "to every tab").await?;
+        tab2.wait_js(
+            "the read state to reach the other tab",
+            "return !document.querySelector('#contacts li[data-contact=\"bob\"] .badge');",
+            json!([]),
+        )
+        .await?;
+
+        // What one tab sends, the other shows as Alice's own (a carbon), and Bob gets once.
+        send(&tab1, "sent from tab 1").await?;
+        client_receives(&mut bob, "alice", "sent from tab 1").await?;
+        open_chat(&tab2, "bob").await?;
+        wait_message(&tab2, "sent from tab 1").await?;
+        tab2.wait_visible("#message-list li.msg.mine[data-from=\"alice\"]")
+            .await?;
+
+        // Block and unblock: presence stops and comes back both ways.
+        tab1.click("#contacts li[data-contact=\"bob\"] button.block")
+            .await?;
+        tab1.wait_text("#contacts li[data-contact=\"bob\"] .status", "Blocked")
+            .await?;
+        bob.wait_for(FRAME_WAIT, |f| {
+            matches!(Event::from_frame(f), Event::Offline { ref account } if account == "8:alice")
+        })
+        .await?;
+        tab1.click("#contacts li[data-contact=\"bob\"] button.block")
+            .await?;
+        bob.wait_for(FRAME_WAIT, |f| {
+            matches!(Event::from_frame(f), Event::Presence { ref account, .. } if account == "8:alice")
+        })
+        .await?;
+        wait_status(&tab1, "bob", "NLN").await?;
+
+        // A request declined stays declined after a reload; a removed contact stays removed.
+        let carol = sign_in(&site.server, "carol").await;
+        carol.add_contact("alice").await?;
+        tab1.wait_visible("#requests li[data-request=\"carol\"]").await?;
+        tab1.click("#requests li[data-request=\"carol\"] button.decline")
+            .await?;
+        tab1.click("#contacts li[data-contact=\"bob\"] button.remove")
+            .await?;
+        tab1.wait_js(
+            "bob to leave the list",
+            "return !document.querySelector('#contacts li[data-contact=\"bob\"]');",
+            json!([]),
+        )
+        .await?;
+        // The reload signs in again from the token this tab kept, as a new endpoint.
+        tab1.js("window.beforeReload = true; location.reload();", json!([]))
+            .await?;
+        tab1.wait_js(
+            "the reloaded page to connect",
+            "return !window.beforeReload \
+                 && document.getElementById('app-view').dataset.connected === 'true';",
+            json!([]),
+        )
+        .await?;
+        let leftovers = tab1
+            .js(
+                "return document.querySelectorAll('#requests li, #contacts li').length;",
+                json!([]),
+            )
+            .await?;
+        if leftovers != json!(0) {
+            bail!("after the reload {leftovers} requests or contacts are back");
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// The message reached Bob live, or (if it was delivered before he signed in again) waits in
 /// his history.
 async fn client_receives_or_history(bob: &mut Client, text: &str) -> anyhow::Result<()> {
