@@ -244,8 +244,8 @@ async fn two_browser_users_add_each_other_and_chat() {
         let alice = ctx.browser("alice").await?;
         // Bob is on a phone-sized screen: the list and the conversation take turns.
         let bob = ctx.browser_sized("bob", 400, 780).await?;
-        sign_in_browser(&alice, &site, "alice").await?;
-        sign_in_browser(&bob, &site, "bob").await?;
+        sign_in_browser(&alice, site, "alice").await?;
+        sign_in_browser(&bob, site, "bob").await?;
 
         alice.type_into("#add-name", "bob").await?;
         alice.keys("#add-name", ENTER).await?;
@@ -340,7 +340,7 @@ async fn browser_and_client_library_users_exchange_messages_and_presence() {
     let site = &site;
     scenario("browser_and_client", |ctx| async move {
         let alice = ctx.browser("alice").await?;
-        sign_in_browser(&alice, &site, "alice").await?;
+        sign_in_browser(&alice, site, "alice").await?;
 
         // Bob uses the client library over TCP: he asks, Alice accepts in the page.
         let mut bob = sign_in(&site.server, "bob").await;
@@ -399,7 +399,7 @@ async fn group_chat_with_three_members() {
         let bob = ctx.browser("bob").await?;
         let carol = ctx.browser("carol").await?;
         for (b, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
-            sign_in_browser(b, &site, name).await?;
+            sign_in_browser(b, site, name).await?;
         }
 
         // Alice creates the group with Bob, then adds Carol.
@@ -466,7 +466,7 @@ async fn scrolling_back_loads_older_history_pages() {
     let site = &site;
     scenario("history_paging", |ctx| async move {
         let alice = ctx.browser("alice").await?;
-        sign_in_browser(&alice, &site, "alice").await?;
+        sign_in_browser(&alice, site, "alice").await?;
         // The newest page arrives at sign-in and counts as unread.
         alice
             .wait_text("#contacts li[data-contact=\"bob\"] .badge", "+")
@@ -528,7 +528,7 @@ async fn the_page_reconnects_after_the_server_restarts() {
     let site = &mut site;
     scenario("reconnect", |ctx| async move {
         let alice = ctx.browser("alice").await?;
-        sign_in_browser(&alice, &site, "alice").await?;
+        sign_in_browser(&alice, site, "alice").await?;
         let bob = sign_in(&site.server, "bob").await;
         bob.send_text("8:alice", "before restart").await?;
         open_chat(&alice, "bob").await?;
