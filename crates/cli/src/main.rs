@@ -69,9 +69,14 @@ enum AdminCommand {
 enum CertCommand {
     /// Write the certificate clients must trust (the local CA, created if needed).
     Export {
-        /// `pem`, or `pkcs12` for trust stores that want one (empty password).
+        /// `pem`, or `pkcs12` for trust stores that want one (a Java trust store: no password
+        /// unless --password is given).
         #[arg(long, value_enum, default_value = "pem")]
         format: CertFormat,
+        /// Protect the PKCS#12 file with this password (its certificate encrypted, with a MAC).
+        /// Without it the file has no password, which a JVM reads with no trustStorePassword.
+        #[arg(long, env = "MSNP24_P12_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
         /// Output file; standard output when absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -119,6 +124,9 @@ struct ServeArgs {
     /// Turn the HTTPS listener off.
     #[arg(long, conflicts_with = "https_listen")]
     no_https: bool,
+    /// Serve Prometheus metrics at GET /metrics on this address (off by default).
+    #[arg(long, env = "MSNP24_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds without any frame before a connection is closed.
     #[arg(long)]
     idle_timeout: Option<u64>,
@@ -380,6 +388,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_https {
         config.https_listen = None;
     }
+    if let Some(a) = args.metrics_listen {
+        config.metrics_listen = Some(a);
+    }
     if let Some(t) = args.idle_timeout {
         config.idle_timeout_secs = t;
     }
@@ -408,9 +419,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| format!(" | clients trust {}", p.display()))
         .unwrap_or_default();
+    let metrics = server
+        .metrics_addr
+        .map(|a| format!(" | metrics {a}"))
+        .unwrap_or_default();
     let _ = writeln!(
         std::io::stdout(),
-        "msnp24 listening: msnp {} | msnp+tls {} | http {} | https {}{ca}",
+        "msnp24 listening: msnp {} | msnp+tls {} | http {} | https {}{ca}{metrics}",
         server.tcp_addr,
         server.tls_addr.map_or("off".into(), |a| a.to_string()),
         server.http_addr,
@@ -473,6 +488,7 @@ fn checked_email(raw: &str) -> anyhow::Result<String> {
 async fn cert(command: CertCommand) -> anyhow::Result<()> {
     let CertCommand::Export {
         format,
+        password,
         out,
         config,
         dir,
@@ -486,8 +502,9 @@ async fn cert(command: CertCommand) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)?;
     let format = match format {
+        CertFormat::Pem if password.is_some() => bail!("--password applies to --format pkcs12"),
         CertFormat::Pem => certs::ExportFormat::Pem,
-        CertFormat::Pkcs12 => certs::ExportFormat::Pkcs12,
+        CertFormat::Pkcs12 => certs::ExportFormat::Pkcs12 { password },
     };
     let bytes = certs::export_trust(&config, format)?;
     match out {
