@@ -35,7 +35,9 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Log in to a server, optionally send a message, and print what arrives.
+    /// Log in to a server and do what the flags ask (send, contacts, groups, history), then
+    /// exit; with no such flag, or with --listen, stay and print what arrives (pinging to stay
+    /// signed in).
     Client(Box<ClientArgs>),
     /// Load generator: drive a server with many real clients and report the figures.
     Bench(bench::BenchArgs),
@@ -247,7 +249,8 @@ struct ClientArgs {
     /// Password.
     #[arg(long, env = "MSNP24_PASSWORD")]
     password: String,
-    /// Send a message to this account or address (with --message).
+    /// Send a message to this account or address (with --message); exits 0 once the server
+    /// acknowledges it, unless --listen is given.
     #[arg(long, requires = "message")]
     to: Option<String>,
     /// The message text.
@@ -307,12 +310,51 @@ struct ClientArgs {
     /// Messages or conversations fetched per request with --recent and --history (at most 200).
     #[arg(long, default_value_t = 100)]
     pagesize: u32,
-    /// Keep printing what arrives for this many seconds (0: until interrupted).
-    #[arg(long, default_value_t = 0)]
+    /// After doing what the other flags ask, stay signed in and print what arrives until
+    /// interrupted. Without any such flag the client listens anyway; with them it exits 0 once
+    /// each request is acknowledged (a message sent, a contact added…) unless this is given.
+    #[arg(long, conflicts_with = "no_listen")]
+    listen: bool,
+    /// Listen (as --listen) for this many seconds, then sign out (0: until interrupted).
+    #[arg(long, default_value_t = 0, conflicts_with = "no_listen")]
     listen_secs: u64,
-    /// Exit right after sending.
+    /// Never listen: sign out once everything asked is done, even with no other flag.
     #[arg(long)]
     no_listen: bool,
+    /// Seconds between the keep-alive pings of a signed-in client, at most (the server's
+    /// `<wait>` may shorten it; real clients ping every 30–50 s).
+    #[arg(long, default_value_t = 45.0)]
+    keepalive_secs: f64,
+}
+
+impl ClientArgs {
+    /// Whether any flag asks for something to be done (then the client exits when it is done,
+    /// unless asked to listen). Presence alone is not such a request: it lasts only while the
+    /// client is signed in, so `--status` keeps listening.
+    fn has_requests(&self) -> bool {
+        self.to.is_some()
+            || !self.add.is_empty()
+            || !self.allow.is_empty()
+            || !self.decline.is_empty()
+            || !self.block.is_empty()
+            || !self.unblock.is_empty()
+            || !self.remove.is_empty()
+            || self.create_group.is_some()
+            || self.group.is_some()
+            || self.recent
+            || self.history.is_some()
+    }
+
+    /// Whether to stay and print what arrives once everything asked is done.
+    fn listens(&self) -> bool {
+        if self.no_listen {
+            return false;
+        }
+        self.listen
+            || self.listen_secs > 0
+            || !self.has_requests()
+            || (self.status.is_some() || self.mood.is_some())
+    }
 }
 
 fn init_logging(default: &str, format: LogFormat) {
@@ -811,6 +853,11 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         None => msnp24_client::Client::connect_tcp(args.server).await?,
     };
     let account = name(&args.user)?;
+    let keepalive = Duration::try_from_secs_f64(args.keepalive_secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--keepalive-secs must be a positive number of seconds")?;
+    client.set_keepalive(Some(keepalive));
     client
         .login(account.as_str(), &token.token, &msnp24_client::new_epid())
         .await?;
@@ -836,7 +883,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         }
         println!("{} message(s) with {}", history.len(), address(id));
     }
-    if args.no_listen {
+    if !args.listens() {
         client.sign_out().await?;
         return Ok(());
     }

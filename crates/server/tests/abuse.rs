@@ -280,3 +280,47 @@ async fn a_contact_list_command_is_capped_and_resolved_as_one_batch() {
     alice.ping().await.expect("the connection stays open");
     assert_conformant(&alice);
 }
+
+#[tokio::test]
+async fn members_cannot_post_messages_typed_as_group_activity() {
+    let t = TestServer::start().await;
+    accounts(&t, &["alice", "bob"]).await;
+    let mut alice = connect(&t, "alice").await;
+    let bob = connect(&t, "bob").await;
+    let thread = alice.create_thread(&["bob"], None).await.unwrap();
+    let forge = |payload: Vec<u8>| bob.request("SDG", "MSGR", payload);
+
+    // Another case of the activity prefix is still activity: only the thread posts it.
+    let lower = bob.message_payload(&thread, "threadactivity/addmember", b"<addmember/>", None);
+    let reply = forge(lower).await.unwrap();
+    assert_eq!(reply.error_code(), Some(208), "{}", reply.payload_lossy());
+
+    // A second Message-Type header behind a harmless first one is refused.
+    let doubled = String::from_utf8(bob.message_payload(&thread, "Text", b"<addmember/>", None))
+        .unwrap()
+        .replace(
+            "Message-Type: Text\r\n",
+            "Message-Type: Text\r\nMessage-Type: ThreadActivity/AddMember\r\n",
+        );
+    let reply = forge(doubled.into_bytes()).await.unwrap();
+    assert_eq!(reply.error_code(), Some(200), "{}", reply.payload_lossy());
+
+    // Neither reached alice: the next message she gets from bob is his plain one.
+    expect_ok(
+        forge(bob.message_payload(&thread, "Text", b"plain", None))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let got = alice
+        .wait_for(WAIT, |f| {
+            f.cmd == "SDG" && !matches!(Event::from_frame(f), Event::Message { from, .. } if from.starts_with("19:"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(Event::from_frame(&got), Event::Message { ref kind, ref text, .. } if kind == "Text" && text == "plain"),
+        "{got:?}"
+    );
+    assert_conformant(&alice);
+}
