@@ -101,6 +101,15 @@ async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> anyhow::Result<TcpStrea
             } else {
                 TcpSocket::new_v6()?
             };
+            // A bind to port 0 would make the kernel search for a free port at bind time, on
+            // every connect (slow once thousands are open); this defers the choice to connect(),
+            // which only needs the 4-tuple to be unique.
+            #[cfg(target_os = "linux")]
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )?;
             socket.bind(SocketAddr::new(ip, 0))?;
             socket.connect(addr).await
         }
