@@ -8,6 +8,7 @@ use std::sync::Arc;
 use msnp24_proto::{AccountName, Epid, ErrorCode, Frame, Payload};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::commands::{self, Flow, Needs, Refusal};
 use crate::routing::{EndpointAddr, KickReason, Outbound};
@@ -144,8 +145,25 @@ impl Session {
 
     /// Handles one frame; replies are appended to `out` in order.
     pub async fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
+        // Its own root span, so that every line logged while handling a command names the
+        // connection, the account and the command in one place (`span` in JSON logs).
+        let span = tracing::info_span!(
+            parent: None,
+            "cmd",
+            conn = self.conn_id,
+            peer = %self.peer,
+            account = self.account().map(|a| a.as_str()),
+            cmd = %frame.cmd,
+            trid = frame.trid,
+        );
+        self.handle_in_span(frame, out).instrument(span).await
+    }
+
+    async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
+        let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
+        self.hold_to_frame_limit(&frame, &mut out[start..]);
         match outcome {
             Ok(flow) => flow,
             Err(refusal) => {
@@ -165,6 +183,24 @@ impl Session {
                     Flow::Continue
                 }
             }
+        }
+    }
+
+    /// Replies are held to the frame limit requests are held to: handlers size what they build
+    /// (presence, history pages), and one that did not becomes `500` here rather than a frame the
+    /// client cannot read.
+    fn hold_to_frame_limit(&self, request: &Frame, replies: &mut [Frame]) {
+        let limit = self.state.config.max_payload;
+        for reply in replies.iter_mut().filter(|r| r.payload.len() > limit) {
+            tracing::error!(
+                conn = self.conn_id,
+                cmd = %request.cmd,
+                target = %request.target,
+                len = reply.payload.len(),
+                limit,
+                "reply larger than the frame limit; answered 500 instead"
+            );
+            *reply = request.error_reply(ErrorCode::Internal, "reply too large");
         }
     }
 

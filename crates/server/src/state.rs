@@ -5,12 +5,10 @@ use std::sync::Arc;
 
 use msnp24_proto::Limits;
 
-use crate::accounts::LoginThrottle;
 use crate::cluster::SharedLocks;
 use crate::config::Config;
-use crate::limits::ConnectionLimiter;
+use crate::limits::{ConnectionLimiter, LoginThrottle, SendLimiter};
 use crate::presence::{PresenceService, PresenceStore};
-use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
 use crate::storage::Account;
 use crate::storage::Storage;
@@ -69,6 +67,7 @@ impl AppState {
             storage.clone(),
             router.clone(),
             config.presence_keepalive(),
+            config.max_payload,
         ));
         // Connection ids name connections across a cluster (the presence and routing entries of
         // one connection), so there each node starts at a random point of the space.

@@ -1,4 +1,5 @@
-//! The HTTP listener: `POST /login` and `GET /healthz`.
+//! The HTTP listener: `POST /login`, `GET /healthz`, the compatibility services and the web
+//! messenger at `/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::state::AppState;
 
 pub mod compat;
 pub mod login;
+pub mod web;
 
 /// The HTTP routes.
 pub fn routes(state: Arc<AppState>) -> Router {
@@ -20,6 +22,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/login", post(login::login))
         .route("/healthz", get(healthz))
         .merge(compat::routes())
+        .merge(web::routes())
         .with_state(state)
 }
 

@@ -39,7 +39,7 @@ pub struct EndpointInfo {
 }
 
 /// Why the server ends a connection on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KickReason {
     /// A new BND with the same epid replaced this connection.
     OtherLocation,
@@ -52,15 +52,30 @@ pub enum KickReason {
     /// This node was presumed dead by its cluster (its endpoints were taken away): the client is
     /// dropped without `OUT` so that it reconnects and signs in afresh, as after any outage.
     Rejoin,
+    /// The account's password was changed: its sessions must sign in again.
+    PasswordChanged,
+    /// The account was removed.
+    AccountRemoved,
+    /// The session's credentials expired (its last registration token ran out).
+    CredentialsExpired,
+    /// An operator ended the session.
+    Admin,
 }
 
 impl KickReason {
     /// The `<reason>` of the `OUT` frame, if one is sent.
     pub fn out_reason(self) -> Option<&'static str> {
         match self {
-            KickReason::OtherLocation => Some("OtherLocation"),
+            // Real clients know only the three reasons of §8. `OtherLocation` makes them stop and
+            // ask the user to sign in again instead of reconnecting with credentials that no
+            // longer work; `SessionTimeout` makes them reconnect and sign in afresh
+            // (docs/protocol-notes.md).
+            KickReason::OtherLocation
+            | KickReason::PasswordChanged
+            | KickReason::AccountRemoved
+            | KickReason::Admin => Some("OtherLocation"),
             KickReason::ServerShutdown => Some("ServerShutdown"),
-            KickReason::SessionTimeout => Some("SessionTimeout"),
+            KickReason::SessionTimeout | KickReason::CredentialsExpired => Some("SessionTimeout"),
             KickReason::SlowConsumer | KickReason::Rejoin => None,
         }
     }
@@ -88,6 +103,29 @@ pub enum Outbound {
     Message(Arc<Delivery>),
 }
 
+/// Room for what each connection adds to a chat message (`Ack-Id`, `Context`, `Skype-Age`, and a
+/// `Content-Length` the message may lack), with margin.
+const PER_CONNECTION_HEADERS: usize = 160;
+
+impl Outbound {
+    /// The payload size this item is written with (for a chat message, an upper bound).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Outbound::Frame(f) => f.payload.len(),
+            Outbound::Message(d) => {
+                let m = &d.message;
+                let headers: usize = [&m.routing, &m.reliability, &m.content]
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .map(|(n, v)| n.len() + v.len() + 4)
+                    .sum();
+                // Three blank lines end the transport, routing and reliability blocks, one the content's.
+                headers + 8 + m.body.len() + PER_CONNECTION_HEADERS
+            }
+        }
+    }
+}
+
 /// How the router reaches one connection.
 #[derive(Debug, Clone)]
 pub struct EndpointHandle {
@@ -99,11 +137,24 @@ pub struct EndpointHandle {
     pub kick: Arc<watch::Sender<Option<KickReason>>>,
     /// What the endpoint told BND.
     pub info: EndpointInfo,
+    /// The largest payload this connection is sent (the frame limit requests are held to).
+    pub max_payload: usize,
 }
 
 impl EndpointHandle {
     /// Queues `item`; a connection whose queue is full is ended rather than allowed to grow.
+    /// Nothing larger than the frame limit is queued: a peer is held to it, so the server is too.
     pub fn send(&self, item: Outbound) -> bool {
+        let len = item.payload_len();
+        if len > self.max_payload {
+            tracing::warn!(
+                conn = self.conn_id,
+                len,
+                limit = self.max_payload,
+                "outbound frame larger than the frame limit; not sent"
+            );
+            return false;
+        }
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -137,6 +188,9 @@ pub trait Router: Send + Sync + 'static {
         -> usize;
     /// Tells every connection to end.
     async fn kick_all(&self, reason: KickReason);
+    /// Ends the account's bound endpoints (only `epid`, if given) on every node: each is sent
+    /// `OUT` with `reason` and closed. Returns how many were told to end.
+    async fn kick(&self, account: &AccountName, epid: Option<&Epid>, reason: KickReason) -> usize;
     /// Leaves the cluster at shutdown, once this node's connections have ended (alone: nothing).
     async fn leave(&self) {}
 }

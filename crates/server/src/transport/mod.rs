@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::commands::Flow;
 use crate::limits::FrameRate;
@@ -70,30 +71,77 @@ pub async fn accept_tcp(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let span = connection_span(peer, transport);
         let state = state.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
         match tls.clone() {
             None => {
-                tokio::spawn(async move {
-                    serve_connection(stream, peer, state, shutdown, done).await;
-                    drop(slot);
-                });
+                tokio::spawn(
+                    async move {
+                        serve_connection(stream, peer, state, shutdown, done).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
             Some(acceptor) => {
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(tls)) => serve_connection(tls, peer, state, shutdown, done).await,
-                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                tokio::spawn(
+                    async move {
+                        let handshake =
+                            tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await;
+                        match handshake {
+                            Ok(Ok(tls)) => serve_connection(tls, peer, state, shutdown, done).await,
+                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                        }
+                        drop(slot);
                     }
-                    drop(slot);
-                });
+                    .instrument(span),
+                );
             }
         }
     }
+}
+
+/// How a client reached us (a label of logs, metrics and `admin sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plaintext MSNP.
+    Tcp,
+    /// MSNP over TLS.
+    Tls,
+    /// The HTTP gateway.
+    Gateway,
+}
+
+impl Transport {
+    /// The label: `tcp`, `tls` or `gateway`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Gateway => "gateway",
+        }
+    }
+}
+
+/// The span every line of one connection is logged in: its id and account are recorded once
+/// known (`span` in JSON logs).
+pub fn connection_span(peer: SocketAddr, transport: Transport) -> tracing::Span {
+    tracing::info_span!(
+        "conn",
+        conn = tracing::field::Empty,
+        peer = %peer,
+        transport = transport.as_str(),
+        account = tracing::field::Empty,
+    )
 }
 
 /// Resolves once the shutdown switch is on (or its sender is gone).
@@ -183,6 +231,9 @@ pub async fn serve_connection<S>(
     let (kick_tx, mut kick_rx) = watch::channel(None);
     let mut session = Session::new(state.clone(), peer, tx, Arc::new(kick_tx));
     let conn = session.conn_id;
+    let span = tracing::Span::current();
+    span.record("conn", conn);
+    let mut account_logged = false;
     tracing::info!(conn, %peer, "connection opened");
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
@@ -248,7 +299,14 @@ pub async fn serve_connection<S>(
                                 close = true;
                                 break;
                             }
-                            if session.handle(frame, &mut replies).await == Flow::Close {
+                            let flow = session.handle(frame, &mut replies).await;
+                            if !account_logged {
+                                if let Some(account) = session.account() {
+                                    span.record("account", account.as_str());
+                                    account_logged = true;
+                                }
+                            }
+                            if flow == Flow::Close {
                                 close = true;
                                 break;
                             }
