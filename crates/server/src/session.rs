@@ -163,6 +163,11 @@ impl Session {
         tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
         let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
+        match (&outcome, frame.cmd.as_str()) {
+            (Ok(_), "BND") if self.bound().is_some() => crate::stats::handshake(true),
+            (Err(_), "CNT" | "ATH" | "BND") => crate::stats::handshake(false),
+            _ => {}
+        }
         self.hold_to_frame_limit(&frame, &mut out[start..]);
         match outcome {
             Ok(flow) => flow,
@@ -304,6 +309,7 @@ impl Session {
     pub async fn closed(&mut self, vanished: bool) {
         if let Some(bound) = self.bound() {
             let addr = bound.addr();
+            crate::stats::gauge_add(crate::stats::ENDPOINTS_BOUND, -1.0);
             self.state.router.unbind(&addr, self.conn_id).await;
             let linger = vanished && !self.signed_out;
             self.state

@@ -105,6 +105,19 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             "SDG carries a Messaging block",
         ));
     }
+    // The type decides what a message may be (group activity, control); a second one could say
+    // something else to a recipient than to this check.
+    let types = msg
+        .content
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Message-Type"))
+        .count();
+    if types > 1 {
+        return Err(Refusal::new(
+            ErrorCode::Syntax,
+            "more than one Message-Type header",
+        ));
+    }
     let to = msg
         .to()
         .and_then(|t| Mri::parse(t).ok())
@@ -289,6 +302,7 @@ pub(crate) async fn store_and_answer(
             out.push(message_id_reply(s, frame, stored.message_id));
             return Ok(None);
         }
+        crate::stats::count(crate::stats::MESSAGES_STORED, 1);
         stored.message_id
     };
     out.push(message_id_reply(s, frame, message_id));

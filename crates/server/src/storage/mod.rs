@@ -18,10 +18,10 @@ pub enum StorageError {
     Conflict,
     /// The database failed; the operation had no effect.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The SQLite writer's own connection failed; the operation had no effect.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// Migrations could not be applied.
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -31,6 +31,22 @@ pub enum StorageError {
     /// The write was not committed (its batch failed, or storage is closing).
     #[error("not committed: {0}")]
     NotCommitted(String),
+}
+
+impl From<sqlx::Error> for StorageError {
+    /// Every database failure passes here, so this is where it is counted.
+    fn from(e: sqlx::Error) -> StorageError {
+        crate::stats::database_error();
+        StorageError::Database(e)
+    }
+}
+
+impl From<rusqlite::Error> for StorageError {
+    /// The SQLite writer's failures are counted with the others.
+    fn from(e: rusqlite::Error) -> StorageError {
+        crate::stats::database_error();
+        StorageError::Sqlite(e)
+    }
 }
 
 /// Result alias for storage calls.
@@ -159,6 +175,26 @@ pub struct ContactRelation {
     pub mine: u32,
     /// Its bits for the owner (0 when the owner is not in its list).
     pub theirs: u32,
+}
+
+/// The relations of those of `others` found (by name: the owner's bits, then theirs), in the
+/// order asked; both backends answer so.
+pub(crate) fn relations_in_order(
+    others: &[AccountName],
+    found: &std::collections::HashMap<String, (u32, u32)>,
+) -> Vec<ContactRelation> {
+    others
+        .iter()
+        .filter_map(|other| {
+            found
+                .get(other.as_str())
+                .map(|&(mine, theirs)| ContactRelation {
+                    name: other.clone(),
+                    mine,
+                    theirs,
+                })
+        })
+        .collect()
 }
 
 /// A contact request the recipient has not answered.
@@ -330,6 +366,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn list_accounts(&self) -> StorageResult<Vec<Account>>;
     /// Looks an account up by its e-mail alias (lower case).
     async fn account_by_email(&self, email: &str) -> StorageResult<Option<Account>>;
+    /// The accounts whose e-mail alias is one of `emails` (any case), in one query, in any order.
+    async fn accounts_by_email(&self, emails: &[String]) -> StorageResult<Vec<Account>>;
     /// Replaces both password hashes and bumps the generation (revoking earlier tokens); false if
     /// there is no such account.
     async fn set_password(

@@ -117,8 +117,10 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
         // Conversation order is the lock order of every batch (stable: a conversation's messages
         // keep their order), so concurrent batches, on any node, never deadlock on head rows.
         batch.sort_by(|a, b| a.0.conversation.cmp(&b.0.conversation));
+        let started = std::time::Instant::now();
         match try_batch(pool, &batch).await {
             Ok(stored) => {
+                crate::stats::batch_committed(stored.len(), started.elapsed());
                 for ((_, reply), result) in batch.into_iter().zip(stored) {
                     let _ = reply.send(Ok(result));
                 }
@@ -141,10 +143,14 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
         }
     }
     for (message, reply) in batch {
+        let started = std::time::Instant::now();
         let result = match pool.acquire().await {
             Ok(mut conn) => insert_message(&mut conn, message).await,
             Err(e) => Err(e.into()),
         };
+        if result.is_ok() {
+            crate::stats::batch_committed(1, started.elapsed());
+        }
         let _ = reply.send(result);
     }
 }
@@ -696,6 +702,15 @@ impl Storage for PostgresStorage {
         row.as_ref().map(account_from_row).transpose()
     }
 
+    async fn accounts_by_email(&self, emails: &[String]) -> StorageResult<Vec<Account>> {
+        let lower: Vec<String> = emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let rows = sqlx::query("SELECT * FROM accounts WHERE email = ANY($1)")
+            .bind(&lower)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(account_from_row).collect()
+    }
+
     async fn set_password(
         &self,
         name: &AccountName,
@@ -800,19 +815,7 @@ impl Storage for PostgresStorage {
             let theirs = stored_bits(row.try_get::<Option<i64>, _>(2)?.unwrap_or(0))?;
             found.insert(name, (mine, theirs));
         }
-        // In the order asked, as the SQLite implementation answers.
-        Ok(others
-            .iter()
-            .filter_map(|other| {
-                found
-                    .get(other.as_str())
-                    .map(|&(mine, theirs)| ContactRelation {
-                        name: other.clone(),
-                        mine,
-                        theirs,
-                    })
-            })
-            .collect())
+        Ok(super::relations_in_order(others, &found))
     }
 
     async fn update_contacts(&self, updates: &[ContactUpdate]) -> StorageResult<Vec<(u32, u32)>> {

@@ -77,6 +77,7 @@ pub async fn accept_tcp(
             Transport::Tcp
         };
         let span = connection_span(peer, transport);
+        let open = crate::stats::OpenConnection::new(transport.as_str());
         let state = state.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
@@ -85,7 +86,7 @@ pub async fn accept_tcp(
                 tokio::spawn(
                     async move {
                         serve_connection(stream, peer, state, shutdown, done).await;
-                        drop(slot);
+                        drop((slot, open));
                     }
                     .instrument(span),
                 );
@@ -101,7 +102,7 @@ pub async fn accept_tcp(
                             Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                         }
-                        drop(slot);
+                        drop((slot, open));
                     }
                     .instrument(span),
                 );
@@ -293,6 +294,7 @@ pub async fn serve_connection<S>(
                     match decode(&buf, &limits) {
                         Ok(Some((frame, used))) => {
                             buf.advance(used);
+                            crate::stats::frame_in(&frame.cmd);
                             if !rate.allow() {
                                 tracing::warn!(conn, %peer, cmd = %frame.cmd, trid = frame.trid, "frame rate limit exceeded; closing");
                                 replies.push(frame.error_reply(ErrorCode::RateLimited, "too many requests"));
@@ -330,6 +332,7 @@ pub async fn serve_connection<S>(
                 }
                 wbuf.clear();
                 for f in replies.drain(..) {
+                    crate::stats::frame_out(&f.cmd);
                     tracing::trace!(conn, frame = %String::from_utf8_lossy(&f.to_bytes()), "send");
                     f.encode_into(&mut wbuf);
                 }
@@ -401,8 +404,13 @@ async fn guarded_write<W: AsyncWrite + Unpin>(
 
 fn encode_outbound(item: &Outbound, session: &mut Session, out: &mut Vec<u8>) {
     match item {
-        Outbound::Frame(f) => f.encode_into(out),
+        Outbound::Frame(f) => {
+            crate::stats::frame_out(&f.cmd);
+            f.encode_into(out)
+        }
         Outbound::Message(d) => {
+            crate::stats::frame_out("SDG");
+            crate::stats::delivered(now_ms() - d.arrival_ms);
             let ack_id = encode_delivery(d, &session.context, out);
             session.note_delivery(ack_id, d.stored.clone());
         }
