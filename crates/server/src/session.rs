@@ -69,6 +69,9 @@ pub struct Session {
     /// The BND challenge nonce this endpoint has yet to answer (§2.4); `None` when challenges are
     /// off or it already answered.
     pub challenge_nonce: Option<String>,
+    /// The login token of the cookie the transport authenticated the current request with (the
+    /// gateway's `X-MSN-Auth: Use-Cookie`, §11), for an `ATH` with `<web-compact-ticket />`.
+    pub cookie_token: Option<String>,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
     /// The latest `Ack-Id`s handed out, with the stored message each names, so an `ACK` can be
@@ -99,6 +102,7 @@ impl Session {
             kick,
             signed_out: false,
             challenge_nonce: None,
+            cookie_token: None,
             reg_issued_at: 0,
             deliveries: VecDeque::new(),
         }
@@ -140,7 +144,6 @@ impl Session {
 
     /// Handles one frame; replies are appended to `out` in order.
     pub async fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
-        tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
         let outcome = self.check_and_dispatch(&frame, out).await;
         match outcome {
             Ok(flow) => flow,
