@@ -11,6 +11,7 @@ mod bench;
 use clap::{Args, Parser, Subcommand};
 use msnp24_proto::AccountName;
 use msnp24_server::accounts::AccountError;
+use msnp24_server::config::LogFormat;
 use msnp24_server::storage::{ProfileUpdate, Storage, StorageError};
 use msnp24_server::{accounts, certs, Config, Server};
 
@@ -127,6 +128,16 @@ struct ServeArgs {
     /// The cluster's name (prefix of its Redis keys).
     #[arg(long, env = "MSNP24_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object a line, for log shippers).
+    #[arg(long, env = "MSNP24_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+/// Values of `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -289,44 +300,52 @@ struct ClientArgs {
     no_listen: bool,
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour codes only help a person at a terminal; in files and journals they are noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Event fields at the top level beside `message`; the innermost span's fields (the
+        // connection, account and command) under `span`, as docs/operations.md lists them.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => {
+            // Colour codes only help a person at a terminal; in files and journals they are noise.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init()
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            init_logging("info");
-            serve(args).await
-        }
+        Command::Serve(args) => serve(args).await,
         Command::User { command } => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             user(command).await
         }
         Command::Client(args) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             client(*args).await
         }
         Command::Bench(args) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             bench::run(args).await
         }
         Command::Cert { command } => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             cert(command).await
         }
         Command::Admin { command } => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             admin(command).await
         }
     }
@@ -370,6 +389,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.cluster_name {
         config.cluster_name = n;
     }
+    match args.log_format {
+        Some(LogFormatArg::Text) => config.log_format = LogFormat::Text,
+        Some(LogFormatArg::Json) => config.log_format = LogFormat::Json,
+        None => {}
+    }
+    init_logging("info", config.log_format);
     // Every connection is a file descriptor: take the soft limit up to the hard one, as servers
     // that hold many connections do (docs/tuning.md explains raising the hard limit).
     match rlimit::increase_nofile_limit(u64::MAX) {

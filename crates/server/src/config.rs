@@ -65,6 +65,19 @@ pub struct Config {
     pub cluster_name: String,
     /// How long after its last heartbeat a node counts as dead and its endpoints as vanished.
     pub cluster_node_ttl_secs: u64,
+    /// Log lines on standard error: `text` for people, `json` (one object a line) for log shippers.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event (see `docs/operations.md` for its fields).
+    Json,
 }
 
 /// The BND challenge (§2.4): off by default, because some clients treat a nonce as fatal.
@@ -167,6 +180,7 @@ impl Default for Config {
             routing: None,
             cluster_name: "msnp24".to_string(),
             cluster_node_ttl_secs: 10,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -235,6 +249,9 @@ mod tests {
         assert_eq!(c.login_throttle.lockout_secs, 1);
         assert_eq!(c.send_rate.burst, 100);
         assert!(toml::from_str::<Config>("listn = \"127.0.0.1:1\"").is_err());
+        let c: Config = toml::from_str("log_format = \"json\"").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("log_format = \"xml\"").is_err());
     }
 
     #[test]

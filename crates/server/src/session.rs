@@ -8,6 +8,7 @@ use std::sync::Arc;
 use msnp24_proto::{AccountName, Epid, ErrorCode, Frame, Headers, Payload};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::commands::{self, Flow, Needs, Refusal};
 use crate::routing::{EndpointAddr, KickReason, Outbound};
@@ -144,6 +145,21 @@ impl Session {
 
     /// Handles one frame; replies are appended to `out` in order.
     pub async fn handle(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
+        // Its own root span, so that every line logged while handling a command names the
+        // connection, the account and the command in one place (`span` in JSON logs).
+        let span = tracing::info_span!(
+            parent: None,
+            "cmd",
+            conn = self.conn_id,
+            peer = %self.peer,
+            account = self.account().map(|a| a.as_str()),
+            cmd = %frame.cmd,
+            trid = frame.trid,
+        );
+        self.handle_in_span(frame, out).instrument(span).await
+    }
+
+    async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         let outcome = self.check_and_dispatch(&frame, out).await;
         match outcome {
             Ok(flow) => flow,

@@ -57,16 +57,33 @@ impl Serve {
 /// Starts `serve` on `dir` with `dir/test.toml` as its configuration and fresh loopback ports;
 /// returns once it prints its listening line.
 pub fn serve(dir: &Path) -> Serve {
-    let (msnp, http) = (free_port(), free_port());
+    serve_with(dir, free_port(), free_port(), &[], "warn", Stdio::inherit())
+}
+
+/// Like [`serve`], on these ports (a restarted server comes back where its clients knew it).
+pub fn serve_at(dir: &Path, msnp: u16, http: u16) -> Serve {
+    serve_with(dir, msnp, http, &[], "warn", Stdio::inherit())
+}
+
+/// Like [`serve_at`], with more flags, a `RUST_LOG` filter and somewhere for the log lines.
+pub fn serve_with(
+    dir: &Path,
+    msnp: u16,
+    http: u16,
+    extra: &[&str],
+    log: &str,
+    stderr: Stdio,
+) -> Serve {
     let mut child = Command::new(BIN)
         .args(["serve", "--no-tls", "--no-https", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{msnp}")])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(extra)
         .env("MSNP24_CONFIG", dir.join("test.toml"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();

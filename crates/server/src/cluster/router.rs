@@ -180,6 +180,12 @@ enum Envelope {
         epid: String,
         conn: u64,
     },
+    /// End the account's endpoints here (only this epid, if given): `OUT` with the reason.
+    End {
+        account: String,
+        epid: Option<String>,
+        reason: KickReason,
+    },
 }
 
 fn seal(header: &Envelope, body: &[u8]) -> Vec<u8> {
@@ -221,6 +227,7 @@ fn envelope_for(account: &AccountName, filter: &DeliveryFilter, item: &Outbound)
 enum Request {
     Deliver(AccountName, DeliveryFilter, Outbound),
     Kick(EndpointAddr, u64),
+    End(AccountName, Option<Epid>, KickReason),
 }
 
 fn open(bytes: &[u8]) -> Result<Request, String> {
@@ -267,6 +274,18 @@ fn open(bytes: &[u8]) -> Result<Request, String> {
                 epid: Epid::parse(&epid).map_err(|e| e.to_string())?,
             },
             conn,
+        ),
+        Envelope::End {
+            account,
+            epid,
+            reason,
+        } => Request::End(
+            account_of(&account)?,
+            match epid {
+                Some(e) => Some(Epid::parse(&e).map_err(|e| e.to_string())?),
+                None => None,
+            },
+            reason,
         ),
     })
 }
@@ -327,7 +346,11 @@ impl Shared {
             }
             Ok(Request::Kick(addr, conn)) => {
                 tracing::info!(account = %addr.account, epid = %addr.epid, conn, "same epid bound on another node; ending this connection");
-                self.local.kick(&addr, conn, KickReason::OtherLocation);
+                self.local.kick_conn(&addr, conn, KickReason::OtherLocation);
+            }
+            Ok(Request::End(account, epid, reason)) => {
+                let n = self.local.kick_now(&account, epid.as_ref(), reason);
+                tracing::info!(account = %account, ?reason, endpoints = n, "ending endpoints at another node's request");
             }
             Err(e) => tracing::warn!(error = %e, "unreadable envelope from another node dropped"),
         }
@@ -698,6 +721,44 @@ impl Router for RedisRouter {
         self.shared.local.kick_all(reason).await;
     }
 
+    async fn kick(&self, account: &AccountName, epid: Option<&Epid>, reason: KickReason) -> usize {
+        let s = &self.shared;
+        let mut ended = s.local.kick_now(account, epid, reason);
+        let remote = match s.registered(account).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(account = %account, error = %e, "Redis unavailable; ending endpoints on this node only");
+                return ended;
+            }
+        };
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
+        for r in &remote {
+            if r.node != s.id && epid.is_none_or(|e| *e == r.info.epid) {
+                *per_node.entry(r.node.as_str()).or_default() += 1;
+            }
+        }
+        if per_node.is_empty() {
+            return ended;
+        }
+        let bytes = seal(
+            &Envelope::End {
+                account: account.to_string(),
+                epid: epid.map(|e| e.to_string()),
+                reason,
+            },
+            b"",
+        );
+        for (node, n) in per_node {
+            match s.publish(node, bytes.clone()).await {
+                Ok(()) => ended += n,
+                Err(e) => {
+                    tracing::error!(node = %node, account = %account, error = %e, "could not end endpoints on another node")
+                }
+            }
+        }
+        ended
+    }
+
     async fn leave(&self) {
         let s = &self.shared;
         for t in &self.tasks {
@@ -804,6 +865,23 @@ mod tests {
             b"",
         );
         assert!(matches!(open(&kick).unwrap(), Request::Kick(a, 7) if a.epid == epid()));
+        for epid in [Some(epid()), None] {
+            let end = seal(
+                &Envelope::End {
+                    account: "alice".into(),
+                    epid: epid.as_ref().map(|e| e.to_string()),
+                    reason: KickReason::PasswordChanged,
+                },
+                b"",
+            );
+            match open(&end).unwrap() {
+                Request::End(a, e, KickReason::PasswordChanged) => {
+                    assert_eq!(a, alice);
+                    assert_eq!(e, epid);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         assert!(open(b"not json\n").is_err());
         assert!(open(b"no newline").is_err());
     }

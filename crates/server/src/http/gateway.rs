@@ -23,7 +23,8 @@ use super::compat::{cookie, request_host};
 use super::PeerAddr;
 use crate::limits::ConnectionSlot;
 use crate::state::AppState;
-use crate::transport::{self, Connection, DoneGuard, FrameBuffer};
+use crate::transport::{self, Connection, DoneGuard, FrameBuffer, Transport};
+use tracing::Instrument;
 
 /// The gateway's one path.
 pub const PATH: &str = "/gateway/gateway.dll";
@@ -194,8 +195,8 @@ impl Connection for GatewayConnection {
         self.cookie.clone()
     }
 
-    fn kind(&self) -> &'static str {
-        "gateway"
+    fn transport(&self) -> Transport {
+        Transport::Gateway
     }
 }
 
@@ -315,16 +316,20 @@ impl Gateway {
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
         let s = session.clone();
-        tokio::spawn(async move {
-            transport::serve_connection(conn, peer, state, shutdown, done).await;
-            // Frames left for the client wait for one more request, for at most the timeout.
-            if lock(&s.outbox).bytes.is_empty() {
-                gateway.forget(&s);
-            } else {
-                tokio::time::sleep(gateway.timeout()).await;
-                gateway.forget(&s);
+        let span = transport::connection_span(peer, Transport::Gateway);
+        tokio::spawn(
+            async move {
+                transport::serve_connection(conn, peer, state, shutdown, done).await;
+                // Frames left for the client wait for one more request, for at most the timeout.
+                if lock(&s.outbox).bytes.is_empty() {
+                    gateway.forget(&s);
+                } else {
+                    tokio::time::sleep(gateway.timeout()).await;
+                    gateway.forget(&s);
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(session)
     }
 }

@@ -1,5 +1,5 @@
-//! The HTTP and HTTPS listeners: `POST /login`, `GET /healthz`, the compatibility services and
-//! the gateway.
+//! The HTTP and HTTPS listeners: `POST /login`, `GET /healthz`, the compatibility services, the
+//! gateway and the web messenger at `/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::state::AppState;
 pub mod compat;
 pub mod gateway;
 pub mod login;
+pub mod web;
 
 /// The HTTP routes; `gateway` is shared by every listener, so a session opened on one may be
 /// continued on another.
@@ -23,6 +24,7 @@ pub fn routes(state: Arc<AppState>, gateway: Arc<gateway::Gateway>) -> Router {
         .route("/login", post(login::login))
         .route("/healthz", get(healthz))
         .merge(compat::routes())
+        .merge(web::routes())
         .with_state(state)
         .merge(gateway.routes())
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use msnp24_proto::AccountName;
+use msnp24_proto::{AccountName, Epid};
 
 use super::{
     DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason, Outbound, Router,
@@ -61,13 +61,35 @@ impl LocalRouter {
     }
 
     /// Tells one connection to end, if it is still bound here.
-    pub fn kick(&self, addr: &EndpointAddr, conn_id: u64, reason: KickReason) {
+    pub fn kick_conn(&self, addr: &EndpointAddr, conn_id: u64, reason: KickReason) {
         if let Some(h) = self.map().get(&addr.account).and_then(|l| {
             l.iter()
                 .find(|h| h.conn_id == conn_id && h.info.epid == addr.epid)
         }) {
             h.kick.send_replace(Some(reason));
         }
+    }
+
+    /// Tells the account's endpoints here (only `epid`, if given) to end; returns how many.
+    pub fn kick_now(
+        &self,
+        account: &AccountName,
+        epid: Option<&Epid>,
+        reason: KickReason,
+    ) -> usize {
+        let map = self.map();
+        let Some(list) = map.get(account) else {
+            return 0;
+        };
+        let mut n = 0;
+        for h in list
+            .iter()
+            .filter(|h| epid.is_none_or(|e| *e == h.info.epid))
+        {
+            h.kick.send_replace(Some(reason));
+            n += 1;
+        }
+        n
     }
 
     /// What one connection's endpoint told BND and subscribed to, if it is still bound here.
@@ -133,5 +155,9 @@ impl Router for LocalRouter {
                 h.kick.send_replace(Some(reason));
             }
         }
+    }
+
+    async fn kick(&self, account: &AccountName, epid: Option<&Epid>, reason: KickReason) -> usize {
+        self.kick_now(account, epid, reason)
     }
 }

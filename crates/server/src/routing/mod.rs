@@ -39,7 +39,7 @@ pub struct EndpointInfo {
 }
 
 /// Why the server ends a connection on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KickReason {
     /// A new BND with the same epid replaced this connection.
     OtherLocation,
@@ -52,15 +52,30 @@ pub enum KickReason {
     /// This node was presumed dead by its cluster (its endpoints were taken away): the client is
     /// dropped without `OUT` so that it reconnects and signs in afresh, as after any outage.
     Rejoin,
+    /// The account's password was changed: its sessions must sign in again.
+    PasswordChanged,
+    /// The account was removed.
+    AccountRemoved,
+    /// The session's credentials expired (its last registration token ran out).
+    CredentialsExpired,
+    /// An operator ended the session.
+    Admin,
 }
 
 impl KickReason {
     /// The `<reason>` of the `OUT` frame, if one is sent.
     pub fn out_reason(self) -> Option<&'static str> {
         match self {
-            KickReason::OtherLocation => Some("OtherLocation"),
+            // Real clients know only the three reasons of §8. `OtherLocation` makes them stop and
+            // ask the user to sign in again instead of reconnecting with credentials that no
+            // longer work; `SessionTimeout` makes them reconnect and sign in afresh
+            // (docs/protocol-notes.md).
+            KickReason::OtherLocation
+            | KickReason::PasswordChanged
+            | KickReason::AccountRemoved
+            | KickReason::Admin => Some("OtherLocation"),
             KickReason::ServerShutdown => Some("ServerShutdown"),
-            KickReason::SessionTimeout => Some("SessionTimeout"),
+            KickReason::SessionTimeout | KickReason::CredentialsExpired => Some("SessionTimeout"),
             KickReason::SlowConsumer | KickReason::Rejoin => None,
         }
     }
@@ -137,6 +152,9 @@ pub trait Router: Send + Sync + 'static {
         -> usize;
     /// Tells every connection to end.
     async fn kick_all(&self, reason: KickReason);
+    /// Ends the account's bound endpoints (only `epid`, if given) on every node: each is sent
+    /// `OUT` with `reason` and closed. Returns how many were told to end.
+    async fn kick(&self, account: &AccountName, epid: Option<&Epid>, reason: KickReason) -> usize;
     /// Leaves the cluster at shutdown, once this node's connections have ended (alone: nothing).
     async fn leave(&self) {}
 }

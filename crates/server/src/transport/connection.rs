@@ -32,8 +32,8 @@ pub trait Connection: Send {
         None
     }
 
-    /// A short name for logs.
-    fn kind(&self) -> &'static str;
+    /// Which transport this is (logs, metrics).
+    fn transport(&self) -> super::Transport;
 }
 
 /// Reads start small: an idle connection should cost a few KiB, not a large default buffer.
@@ -86,16 +86,16 @@ impl FrameBuffer {
 pub struct StreamConnection<S> {
     stream: S,
     frames: FrameBuffer,
-    kind: &'static str,
+    transport: super::Transport,
 }
 
 impl<S> StreamConnection<S> {
-    /// Wraps `stream`, decoding within `limits`; `kind` names the transport in logs.
-    pub fn new(stream: S, limits: Limits, kind: &'static str) -> StreamConnection<S> {
+    /// Wraps `stream` (plaintext TCP or TLS, as `transport` says), decoding within `limits`.
+    pub fn new(stream: S, limits: Limits, transport: super::Transport) -> StreamConnection<S> {
         StreamConnection {
             stream,
             frames: FrameBuffer::new(limits),
-            kind,
+            transport,
         }
     }
 }
@@ -130,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection for StreamConnection<S
         let _ = self.stream.shutdown().await;
     }
 
-    fn kind(&self) -> &'static str {
-        self.kind
+    fn transport(&self) -> super::Transport {
+        self.transport
     }
 }

@@ -15,6 +15,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::commands::Flow;
 use crate::limits::FrameRate;
@@ -72,34 +73,81 @@ pub async fn accept_tcp(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let span = connection_span(peer, transport);
         let state = state.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
         match tls.clone() {
             None => {
-                tokio::spawn(async move {
-                    let conn = StreamConnection::new(stream, state.limits(), "tcp");
-                    serve_connection(conn, peer, state, shutdown, done).await;
-                    drop(slot);
-                });
+                tokio::spawn(
+                    async move {
+                        let conn = StreamConnection::new(stream, state.limits(), transport);
+                        serve_connection(conn, peer, state, shutdown, done).await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
             }
             Some(acceptor) => {
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(tls)) => {
-                            let conn = StreamConnection::new(tls, state.limits(), "tls");
-                            serve_connection(conn, peer, state, shutdown, done).await
+                tokio::spawn(
+                    async move {
+                        let handshake =
+                            tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await;
+                        match handshake {
+                            Ok(Ok(tls)) => {
+                                let conn = StreamConnection::new(tls, state.limits(), transport);
+                                serve_connection(conn, peer, state, shutdown, done).await
+                            }
+                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                         }
-                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                        drop(slot);
                     }
-                    drop(slot);
-                });
+                    .instrument(span),
+                );
             }
         }
     }
+}
+
+/// How a client reached us (a label of logs, metrics and `admin sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plaintext MSNP.
+    Tcp,
+    /// MSNP over TLS.
+    Tls,
+    /// The HTTP gateway.
+    Gateway,
+}
+
+impl Transport {
+    /// The label: `tcp`, `tls` or `gateway`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Gateway => "gateway",
+        }
+    }
+}
+
+/// The span every line of one connection is logged in: its id and account are recorded once
+/// known (`span` in JSON logs).
+pub fn connection_span(peer: SocketAddr, transport: Transport) -> tracing::Span {
+    tracing::info_span!(
+        "conn",
+        conn = tracing::field::Empty,
+        peer = %peer,
+        transport = transport.as_str(),
+        account = tracing::field::Empty,
+    )
 }
 
 /// Resolves once the shutdown switch is on (or its sender is gone).
@@ -162,7 +210,10 @@ pub async fn serve_connection<C: Connection>(
     let (kick_tx, mut kick_rx) = watch::channel(None);
     let mut session = Session::new(state.clone(), peer, tx, Arc::new(kick_tx));
     let id = session.conn_id;
-    tracing::info!(conn = id, %peer, transport = conn.kind(), "connection opened");
+    let span = tracing::Span::current();
+    span.record("conn", id);
+    let mut account_logged = false;
+    tracing::info!(conn = id, %peer, transport = conn.transport().as_str(), "connection opened");
     let idle = state.config.idle_timeout();
     // Only whole frames count as activity: a peer trickling bytes of a frame it never finishes
     // is idle (issue 19).
@@ -227,7 +278,14 @@ pub async fn serve_connection<C: Connection>(
                         break;
                     }
                     session.cookie_token = conn.cookie_token();
-                    if session.handle(frame, &mut replies).await == Flow::Close {
+                    let flow = session.handle(frame, &mut replies).await;
+                    if !account_logged {
+                        if let Some(account) = session.account() {
+                            span.record("account", account.as_str());
+                            account_logged = true;
+                        }
+                    }
+                    if flow == Flow::Close {
                         close = true;
                         break;
                     }
