@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 pub mod conformance;
 pub mod gateway;
 
+/// The HTTP client crate the gateway transport takes a client of.
+pub use reqwest;
+
 /// How long `request` waits for a reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
