@@ -1,10 +1,8 @@
 //! Accounts: argon2 password hashes, password checks off the async threads, and throttling of
 //! failed logins per account and per client address.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -15,9 +13,10 @@ use base64::Engine;
 use md5::{Digest, Md5};
 use msnp24_proto::AccountName;
 
-use crate::config::ThrottleConfig;
+use crate::limits::login::Verdict;
 use crate::state::AppState;
 use crate::storage::{Account, Storage, StorageError};
+use crate::text;
 
 /// Runs argon2 work on a few dedicated threads, one per core. Each hash needs 19 MiB; on tokio's
 /// blocking pool (up to hundreds of threads) a burst of logins left hundreds of MiB held by the
@@ -36,7 +35,7 @@ fn argon2_pool() -> &'static std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>> {
                 .name(format!("argon2-{i}"))
                 .spawn(move || loop {
                     // The lock is held only to take the next job, not while running it.
-                    let job = lock(&rx).recv();
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     match job {
                         Ok(job) => job(),
                         Err(_) => break,
@@ -203,44 +202,67 @@ pub async fn find(storage: &dyn Storage, login: &str) -> Result<Option<Account>,
     }
 }
 
-/// Checks a login (name or e-mail, and a secret) with throttling per account and per address.
-/// Unknown accounts are checked against a dummy hash so both failures take as long.
+/// Longest login (account name or e-mail alias) looked at, in bytes: longer ones fail at once,
+/// before any lookup, hashing or throttle entry (an e-mail address is at most 254).
+pub const MAX_LOGIN_LEN: usize = 256;
+
+/// Longest password (or legacy digest) checked, in bytes; longer ones fail at once.
+pub const MAX_SECRET_LEN: usize = 1024;
+
+/// Checks a login (name or e-mail, and a secret), throttled per address, per account (after
+/// aliases are resolved) and per account from one address (`crate::limits::login`). Unknown
+/// accounts are checked against a dummy hash so both failures take as long.
 pub async fn authenticate(
     state: &AppState,
     login: &str,
     secret: Secret<'_>,
     ip: IpAddr,
 ) -> Result<Account, LoginError> {
-    let key = login.trim().to_ascii_lowercase();
-    if let Some(wait) = state.throttle.locked(&key, ip) {
-        tracing::info!(%ip, account = %key, "login throttled");
-        return Err(LoginError::Throttled(wait));
+    let presented = match secret {
+        Secret::Password(p) | Secret::LegacyDigest(p) => p,
+    };
+    if login.len() > MAX_LOGIN_LEN || presented.len() > MAX_SECRET_LEN {
+        state.throttle.failed_address(ip);
+        tracing::info!(%ip, login = %text::log(login), login_bytes = login.len(), secret_bytes = presented.len(), "login refused: name or password too long");
+        return Err(LoginError::Invalid);
     }
     let account = find(state.storage.as_ref(), login).await.map_err(|e| {
         tracing::error!(error = %e, "login lookup failed");
         LoginError::Internal
     })?;
-    let (presented, hash) = match (secret, &account) {
-        (Secret::Password(p), Some(a)) => (p.to_string(), a.password_hash.clone()),
-        (Secret::LegacyDigest(d), Some(a)) => (
-            d.to_string(),
-            a.legacy_hash
-                .clone()
-                .unwrap_or_else(|| DUMMY_HASH.to_string()),
-        ),
-        (Secret::Password(p) | Secret::LegacyDigest(p), None) => {
-            (p.to_string(), DUMMY_HASH.to_string())
-        }
+    // A name and its e-mail alias share one count: the account's, once it is known.
+    let key = match &account {
+        Some(a) => a.name.to_string(),
+        None => login.trim().to_ascii_lowercase(),
     };
-    let ok = verify_password(presented, hash).await;
+    match state.throttle.check(&key, ip) {
+        Verdict::Allow => {}
+        Verdict::Slow(pause) => {
+            tracing::info!(%ip, account = %text::log(&key), pause_ms = pause.as_millis() as u64, "login slowed: the account failed too often");
+            tokio::time::sleep(pause).await;
+        }
+        Verdict::Refuse(wait) => {
+            tracing::info!(%ip, account = %text::log(&key), "login throttled");
+            return Err(LoginError::Throttled(wait));
+        }
+    }
+    let hash = match (secret, &account) {
+        (Secret::Password(_), Some(a)) => a.password_hash.clone(),
+        (Secret::LegacyDigest(_), Some(a)) => a
+            .legacy_hash
+            .clone()
+            .unwrap_or_else(|| DUMMY_HASH.to_string()),
+        (_, None) => DUMMY_HASH.to_string(),
+    };
+    let ok = verify_password(presented.to_string(), hash).await;
     match account.filter(|_| ok) {
         Some(a) => {
-            state.throttle.succeeded(&key);
+            state.throttle.succeeded(&key, ip);
             Ok(a)
         }
         None => {
             state.throttle.failed(&key, ip);
-            tracing::info!(%ip, account = %key, "login failed");
+            tracing::info!(%ip, account = %text::log(&key), "login failed");
             Err(LoginError::Invalid)
         }
     }
@@ -255,106 +277,6 @@ pub fn validate_password(password: &str) -> Result<(), &'static str> {
         return Err("password must be at most 1024 bytes");
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    failures: u32,
-    started: Instant,
-    locked_until: Option<Instant>,
-}
-
-/// Counts failed logins and locks out an account or address that fails too often.
-pub struct LoginThrottle {
-    config: ThrottleConfig,
-    accounts: Mutex<HashMap<String, Window>>,
-    addresses: Mutex<HashMap<IpAddr, Window>>,
-}
-
-impl LoginThrottle {
-    /// A throttle with these limits.
-    pub fn new(config: ThrottleConfig) -> LoginThrottle {
-        LoginThrottle {
-            config,
-            accounts: Mutex::new(HashMap::new()),
-            addresses: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Seconds to wait if this account or address is locked out now.
-    pub fn locked(&self, account: &str, ip: IpAddr) -> Option<u64> {
-        let now = Instant::now();
-        let remaining = |w: Option<&Window>| {
-            w.and_then(|w| w.locked_until)
-                .filter(|until| *until > now)
-                .map(|until| (until - now).as_secs().max(1))
-        };
-        let a = remaining(lock(&self.accounts).get(account));
-        let b = remaining(lock(&self.addresses).get(&ip));
-        a.max(b)
-    }
-
-    /// Records a failure.
-    pub fn failed(&self, account: &str, ip: IpAddr) {
-        let window = Duration::from_secs(self.config.window_secs);
-        let lockout = Duration::from_secs(self.config.lockout_secs);
-        record(
-            &mut lock(&self.accounts),
-            account.to_string(),
-            self.config.max_failures_per_account,
-            window,
-            lockout,
-        );
-        record(
-            &mut lock(&self.addresses),
-            ip,
-            self.config.max_failures_per_ip,
-            window,
-            lockout,
-        );
-    }
-
-    /// Clears the account's failures after a success (the address keeps its count).
-    pub fn succeeded(&self, account: &str) {
-        lock(&self.accounts).remove(account);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the counters inconsistent; keep going.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn record<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Window>,
-    key: K,
-    max: u32,
-    window: Duration,
-    lockout: Duration,
-) {
-    let now = Instant::now();
-    // Forget stale entries so an attacker cycling names cannot grow the map without bound.
-    if map.len() > 100_000 {
-        map.retain(|_, w| {
-            now.duration_since(w.started) < window || w.locked_until.is_some_and(|u| u > now)
-        });
-    }
-    let w = map.entry(key).or_insert(Window {
-        failures: 0,
-        started: now,
-        locked_until: None,
-    });
-    if now.duration_since(w.started) >= window {
-        *w = Window {
-            failures: 0,
-            started: now,
-            locked_until: None,
-        };
-    }
-    w.failures += 1;
-    if w.failures >= max {
-        w.locked_until = Some(now + lockout);
-    }
 }
 
 #[cfg(test)]
@@ -378,22 +300,5 @@ mod tests {
         assert_eq!(d, "Iu55xV3cyxzQZeFgaSJ/Qw==");
         assert_eq!(d, legacy_digest("alice", "secret"));
         assert_ne!(d, legacy_digest("alice", "secret2"));
-    }
-
-    #[test]
-    fn locks_after_max_failures() {
-        let t = LoginThrottle::new(ThrottleConfig {
-            max_failures_per_account: 3,
-            max_failures_per_ip: 10,
-            window_secs: 60,
-            lockout_secs: 60,
-        });
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        t.failed("alice", ip);
-        t.failed("alice", ip);
-        assert_eq!(t.locked("alice", ip), None);
-        t.failed("alice", ip);
-        assert!(t.locked("alice", ip).is_some());
-        assert_eq!(t.locked("bob", ip), None);
     }
 }

@@ -131,6 +131,9 @@ pub struct ThrottleConfig {
     pub window_secs: u64,
     /// How long a locked account or address is refused, in seconds.
     pub lockout_secs: u64,
+    /// The pause before each password check of an account that failed too often from anywhere
+    /// (its owner, signing in from an address of their own, is slowed but not refused).
+    pub slow_down_ms: u64,
 }
 
 impl Default for ThrottleConfig {
@@ -140,6 +143,7 @@ impl Default for ThrottleConfig {
             max_failures_per_ip: 20,
             window_secs: 300,
             lockout_secs: 300,
+            slow_down_ms: 1000,
         }
     }
 }

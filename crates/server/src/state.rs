@@ -5,12 +5,10 @@ use std::sync::Arc;
 
 use msnp24_proto::Limits;
 
-use crate::accounts::LoginThrottle;
 use crate::cluster::SharedLocks;
 use crate::config::Config;
-use crate::limits::ConnectionLimiter;
+use crate::limits::{ConnectionLimiter, LoginThrottle, SendLimiter};
 use crate::presence::{PresenceService, PresenceStore};
-use crate::ratelimit::SendLimiter;
 use crate::routing::Router;
 use crate::storage::Account;
 use crate::storage::Storage;

@@ -64,8 +64,14 @@ pub async fn login(
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => {
-            tracing::info!(%peer, error = %e, "malformed login request");
-            return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text());
+            tracing::info!(%peer, error = %crate::text::log(&e.body_text()), "malformed login request");
+            // A body over the limit is 413; every other unreadable body is the client's 400.
+            return match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.body_text())
+                }
+                _ => error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+            };
         }
     };
     let account = match authenticate(
