@@ -69,9 +69,14 @@ enum AdminCommand {
 enum CertCommand {
     /// Write the certificate clients must trust (the local CA, created if needed).
     Export {
-        /// `pem`, or `pkcs12` for trust stores that want one (empty password).
+        /// `pem`, or `pkcs12` for trust stores that want one (a Java trust store: no password
+        /// unless --password is given).
         #[arg(long, value_enum, default_value = "pem")]
         format: CertFormat,
+        /// Protect the PKCS#12 file with this password (its certificate encrypted, with a MAC).
+        /// Without it the file has no password, which a JVM reads with no trustStorePassword.
+        #[arg(long, env = "MSNP24_P12_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
         /// Output file; standard output when absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -473,6 +478,7 @@ fn checked_email(raw: &str) -> anyhow::Result<String> {
 async fn cert(command: CertCommand) -> anyhow::Result<()> {
     let CertCommand::Export {
         format,
+        password,
         out,
         config,
         dir,
@@ -486,8 +492,9 @@ async fn cert(command: CertCommand) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)?;
     let format = match format {
+        CertFormat::Pem if password.is_some() => bail!("--password applies to --format pkcs12"),
         CertFormat::Pem => certs::ExportFormat::Pem,
-        CertFormat::Pkcs12 => certs::ExportFormat::Pkcs12,
+        CertFormat::Pkcs12 => certs::ExportFormat::Pkcs12 { password },
     };
     let bytes = certs::export_trust(&config, format)?;
     match out {

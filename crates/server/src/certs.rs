@@ -204,12 +204,17 @@ pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsMaterial> {
 }
 
 /// Formats `msnp24 cert export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportFormat {
     /// PEM text.
     Pem,
-    /// A PKCS#12 trust store holding the CA certificate (empty password).
-    Pkcs12,
+    /// A PKCS#12 trust store holding the CA certificate. Without a password the certificate is
+    /// stored in the clear with no MAC, which is what a JVM given a trust store and no password
+    /// reads (it skips encrypted bags it cannot open); with one, it is encrypted and MAC'd.
+    Pkcs12 {
+        /// The password protecting the file, if any.
+        password: Option<String>,
+    },
 }
 
 /// The certificate clients must trust (the local CA, or the operator's chain), in `format`;
@@ -231,22 +236,100 @@ pub fn export_trust(config: &Config, format: ExportFormat) -> anyhow::Result<Vec
             }
             Ok(out.into_bytes())
         }
-        ExportFormat::Pkcs12 => {
+        ExportFormat::Pkcs12 { password: None } => trust_store_in_the_clear(&certs),
+        ExportFormat::Pkcs12 {
+            password: Some(password),
+        } => {
             let mut store = p12_keystore::KeyStore::new();
             for (i, c) in certs.iter().enumerate() {
                 let cert = p12_keystore::Certificate::from_der(c.as_ref())
                     .map_err(|e| anyhow::anyhow!("reading certificate: {e}"))?;
                 store.add_entry(
-                    &format!("msnp24-ca-{i}"),
+                    &trust_alias(i),
                     p12_keystore::KeyStoreEntry::Certificate(cert),
                 );
             }
             store
-                .writer("")
+                .writer(&password)
                 .write()
                 .map_err(|e| anyhow::anyhow!("writing PKCS#12: {e}"))
         }
     }
+}
+
+/// The alias (friendly name) of the `i`th certificate in an exported trust store.
+fn trust_alias(i: usize) -> String {
+    format!("msnp24-ca-{i}")
+}
+
+/// Java's "trusted certificate" bag attribute: a certificate bag carrying it is a trust anchor
+/// for the key usages it lists (`keytool` writes anyExtendedKeyUsage).
+pub const JAVA_TRUSTED_KEY_USAGE: &str = "2.16.840.1.113894.746875.1.1";
+const ANY_EXTENDED_KEY_USAGE: &str = "2.5.29.37.0";
+const FRIENDLY_NAME: &str = "1.2.840.113549.1.9.20";
+const PKCS7_DATA: &str = "1.2.840.113549.1.7.1";
+
+/// A password-less PKCS#12 trust store (RFC 7292): one `data` SafeContents of certificate bags,
+/// unencrypted, and no `MacData` (a MAC under an empty password proves nothing, and a JVM with
+/// no password neither checks one nor opens encrypted bags). p12-keystore always encrypts, so
+/// the structure is assembled from the `pkcs12` crate's types.
+fn trust_store_in_the_clear(certs: &[CertificateDer<'static>]) -> anyhow::Result<Vec<u8>> {
+    use pkcs12::cms::cert::x509::attr::{Attribute, Attributes};
+    use pkcs12::cms::cert::x509::der::asn1::SetOfVec;
+    use pkcs12::cms::cert::x509::der::asn1::{Any, BmpString, ObjectIdentifier, OctetString};
+    use pkcs12::cms::cert::x509::der::{Decode, Encode};
+    use pkcs12::cms::content_info::ContentInfo;
+    use pkcs12::safe_bag::SafeContents;
+
+    let der = |e: pkcs12::cms::cert::x509::der::Error| anyhow::anyhow!("writing PKCS#12: {e}");
+    let oid = |s: &str| ObjectIdentifier::new(s).map_err(|e| anyhow::anyhow!("OID {s}: {e}"));
+    let attribute = |id: &str, value: Any| -> anyhow::Result<Attribute> {
+        Ok(Attribute {
+            oid: oid(id)?,
+            values: SetOfVec::try_from(vec![value]).map_err(der)?,
+        })
+    };
+    let mut bags = Vec::with_capacity(certs.len());
+    for (i, c) in certs.iter().enumerate() {
+        let cert_bag = pkcs12::CertBag {
+            cert_id: pkcs12::PKCS_12_X509_CERT_OID,
+            cert_value: OctetString::new(c.as_ref()).map_err(der)?,
+        };
+        let name = BmpString::from_utf8(&trust_alias(i)).map_err(der)?;
+        let mut attributes = Attributes::new();
+        attributes
+            .insert(attribute(
+                FRIENDLY_NAME,
+                Any::encode_from(&name).map_err(der)?,
+            )?)
+            .map_err(der)?;
+        attributes
+            .insert(attribute(
+                JAVA_TRUSTED_KEY_USAGE,
+                Any::encode_from(&oid(ANY_EXTENDED_KEY_USAGE)?).map_err(der)?,
+            )?)
+            .map_err(der)?;
+        bags.push(pkcs12::SafeBag {
+            bag_id: pkcs12::PKCS_12_CERT_BAG_OID,
+            bag_value: cert_bag.to_der().map_err(der)?,
+            bag_attributes: Some(attributes),
+        });
+    }
+    let data = |bytes: Vec<u8>| -> anyhow::Result<ContentInfo> {
+        let octets = OctetString::new(bytes).map_err(der)?;
+        Ok(ContentInfo {
+            content_type: oid(PKCS7_DATA)?,
+            content: Any::from_der(&octets.to_der().map_err(der)?).map_err(der)?,
+        })
+    };
+    let safe_contents: SafeContents = bags;
+    let auth_safe: Vec<ContentInfo> = vec![data(safe_contents.to_der().map_err(der)?)?];
+    let pfx = pkcs12::Pfx {
+        version: pkcs12::pfx::Version::V3,
+        auth_safe: data(auth_safe.to_der().map_err(der)?)?,
+        mac_data: None,
+    };
+    pfx.to_der().map_err(der)
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -332,13 +415,68 @@ mod tests {
             pem,
             std::fs::read(CertPaths::new(dir.path()).ca_cert).unwrap()
         );
-        let p12 = export_trust(&c, ExportFormat::Pkcs12).unwrap();
-        let store = p12_keystore::KeyStore::from_pkcs12(
-            &p12,
-            "",
-            p12_keystore::Pkcs12ImportPolicy::Relaxed,
+        let protected = export_trust(
+            &c,
+            ExportFormat::Pkcs12 {
+                password: Some("s3cret".into()),
+            },
         )
         .unwrap();
+        let policy = p12_keystore::Pkcs12ImportPolicy::Relaxed;
+        let store = p12_keystore::KeyStore::from_pkcs12(&protected, "s3cret", policy).unwrap();
         assert_eq!(store.entries_len(), 1);
+        assert!(p12_keystore::KeyStore::from_pkcs12(&protected, "wrong", policy).is_err());
+    }
+
+    /// What a JVM with no trust store password can read: the certificate bag in a plain `data`
+    /// content (not `encryptedData`), Java's trusted attribute on it, and no MAC.
+    #[test]
+    fn the_password_less_pkcs12_holds_the_ca_in_the_clear_with_java_trust() {
+        use pkcs12::cms::cert::x509::der::asn1::{Any, ObjectIdentifier, OctetString};
+        use pkcs12::cms::cert::x509::der::{Decode, Encode};
+        use pkcs12::cms::content_info::ContentInfo;
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), &["localhost"]);
+        let p12 = export_trust(&c, ExportFormat::Pkcs12 { password: None }).unwrap();
+        let ca = read_pem_certs(&CertPaths::new(dir.path()).ca_cert).unwrap();
+
+        let data = ObjectIdentifier::new_unwrap(PKCS7_DATA);
+        let inner = |ci: &ContentInfo| -> Vec<u8> {
+            assert_eq!(ci.content_type, data, "plain data, not encryptedData");
+            ci.content
+                .decode_as::<OctetString>()
+                .unwrap()
+                .into_bytes()
+                .into_vec()
+        };
+        let pfx = pkcs12::Pfx::from_der(&p12).unwrap();
+        assert!(pfx.mac_data.is_none(), "no MAC without a password");
+        let safes = Vec::<ContentInfo>::from_der(&inner(&pfx.auth_safe)).unwrap();
+        assert_eq!(safes.len(), 1);
+        let bags = pkcs12::safe_bag::SafeContents::from_der(&inner(&safes[0])).unwrap();
+        assert_eq!(bags.len(), 1);
+        let bag = &bags[0];
+        assert_eq!(bag.bag_id, pkcs12::PKCS_12_CERT_BAG_OID);
+        // The decoded bag value keeps its `[0] EXPLICIT` wrapper.
+        let explicit = Any::from_der(&bag.bag_value).unwrap();
+        let cert = pkcs12::CertBag::from_der(explicit.value()).unwrap();
+        assert_eq!(cert.cert_id, pkcs12::PKCS_12_X509_CERT_OID);
+        assert_eq!(cert.cert_value.as_bytes(), ca[0].as_ref());
+        let attributes = bag.bag_attributes.as_ref().unwrap();
+        let trusted = attributes
+            .iter()
+            .find(|a| a.oid == ObjectIdentifier::new_unwrap(JAVA_TRUSTED_KEY_USAGE))
+            .expect("Java's trusted-certificate attribute");
+        let usage: ObjectIdentifier = trusted.values.get(0).unwrap().decode_as().unwrap();
+        assert_eq!(
+            usage.to_der().unwrap(),
+            ObjectIdentifier::new_unwrap(ANY_EXTENDED_KEY_USAGE)
+                .to_der()
+                .unwrap()
+        );
+        assert!(attributes
+            .iter()
+            .any(|a| a.oid == ObjectIdentifier::new_unwrap(FRIENDLY_NAME)));
     }
 }

@@ -160,7 +160,9 @@ impl Session {
     }
 
     async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
+        let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
+        self.hold_to_frame_limit(&frame, &mut out[start..]);
         match outcome {
             Ok(flow) => flow,
             Err(refusal) => {
@@ -180,6 +182,24 @@ impl Session {
                     Flow::Continue
                 }
             }
+        }
+    }
+
+    /// Replies are held to the frame limit requests are held to: handlers size what they build
+    /// (presence, history pages), and one that did not becomes `500` here rather than a frame the
+    /// client cannot read.
+    fn hold_to_frame_limit(&self, request: &Frame, replies: &mut [Frame]) {
+        let limit = self.state.config.max_payload;
+        for reply in replies.iter_mut().filter(|r| r.payload.len() > limit) {
+            tracing::error!(
+                conn = self.conn_id,
+                cmd = %request.cmd,
+                target = %request.target,
+                len = reply.payload.len(),
+                limit,
+                "reply larger than the frame limit; answered 500 instead"
+            );
+            *reply = request.error_reply(ErrorCode::Internal, "reply too large");
         }
     }
 

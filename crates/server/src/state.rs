@@ -67,6 +67,7 @@ impl AppState {
             storage.clone(),
             router.clone(),
             config.presence_keepalive(),
+            config.max_payload,
         ));
         // Connection ids name connections across a cluster (the presence and routing entries of
         // one connection), so there each node starts at a random point of the space.

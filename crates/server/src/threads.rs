@@ -235,9 +235,11 @@ pub fn plan_put(
                 }
                 _ => {}
             },
+            // Any member adds others as `user` (§7: Skype 7 offers "add people" to everyone and
+            // sends it unchecked); making someone an admin stays with admins.
             None => {
-                if !is_admin {
-                    return Err(RuleError::Forbidden("only admins add members"));
+                if !is_admin && *role == Some(ADMIN) {
+                    return Err(RuleError::Forbidden("only admins add admins"));
                 }
                 if t.members.len() >= MAX_MEMBERS {
                     return Err(RuleError::Invalid("too many members"));
@@ -409,12 +411,37 @@ mod tests {
     }
 
     #[test]
-    fn only_admins_add_remove_and_change_roles() {
+    fn members_add_users_only_admins_add_admins_remove_and_change_roles() {
         let t = created(&[("bob", None)]);
         let bob = n("bob");
         let carol = n("carol");
+        for role in [None, Some(USER)] {
+            let p = plan_put(&t, false, &bob, &[(carol.clone(), role)], None, 20).unwrap();
+            assert_eq!(p.added, std::slice::from_ref(&carol));
+            assert_eq!(p.thread.members[2].role, USER);
+            assert!(p.roles.is_empty());
+            assert_eq!(p.initiator, bob);
+        }
+        assert_eq!(
+            plan_put(&t, false, &bob, &[(carol.clone(), Some(ADMIN))], None, 20),
+            Err(RuleError::Forbidden("only admins add admins"))
+        );
+        let with_carol = plan_put(&t, false, &bob, &[(carol.clone(), None)], None, 20)
+            .unwrap()
+            .thread;
         assert!(matches!(
-            plan_put(&t, false, &bob, &[(carol.clone(), None)], None, 20),
+            plan_put(
+                &with_carol,
+                false,
+                &bob,
+                &[(carol.clone(), Some(ADMIN))],
+                None,
+                30
+            ),
+            Err(RuleError::Forbidden(_))
+        ));
+        assert!(matches!(
+            plan_del(&with_carol, &bob, std::slice::from_ref(&carol), 30),
             Err(RuleError::Forbidden(_))
         ));
         assert!(matches!(

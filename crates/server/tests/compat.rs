@@ -68,6 +68,8 @@ async fn authorize(http: &reqwest::Client, port: u16) -> (String, String, String
 struct Tokens {
     access: String,
     refresh: String,
+    /// The redirect's `expires_in`.
+    expires_in: String,
 }
 
 async fn form_login(
@@ -102,12 +104,12 @@ async fn full_login(http: &reqwest::Client, port: u16, login: &str) -> Tokens {
     let fields: std::collections::HashMap<String, String> =
         serde_urlencoded::from_str(fragment).unwrap();
     assert_eq!(fields["token_type"], "bearer");
-    assert_eq!(fields["expires_in"], "86400");
     assert_eq!(fields["scope"], "service::lw.skype.com::MBI_SSL");
     assert_eq!(fields["user_id"].len(), 16);
     Tokens {
         access: fields["access_token"].clone(),
         refresh: fields["refresh_token"].clone(),
+        expires_in: fields["expires_in"].clone(),
     }
 }
 
@@ -143,11 +145,15 @@ async fn json(r: reqwest::Response) -> (StatusCode, serde_json::Value) {
 }
 
 async fn setup() -> TestServer {
-    let t = TestServer::start().await;
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(edit: impl FnOnce(&mut msnp24_server::Config)) -> TestServer {
+    let t = TestServer::start_with(edit).await;
     let storage = t.server().state().storage.clone();
     for (name, email, display) in [
         ("live:alice", None, "Alice Liddell"),
-        ("bob", Some("Bob@Example.com"), "Bob"),
+        ("bob", Some("Bob@Example.com"), "Bob Builder"),
     ] {
         t.add_user(name).await;
         storage
@@ -172,6 +178,7 @@ async fn whole_login_chain_then_msnp_over_tls() {
     let mut clients = Vec::new();
     for (login, account) in [("live:alice", "live:alice"), ("bob@example.com", "bob")] {
         let first = full_login(&http, port, login).await;
+        assert_eq!(first.expires_in, "86400");
         // Refresh: a new access token and refresh token.
         let (status, body) = json(refresh(&http, port, &first.refresh).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -446,6 +453,71 @@ async fn token_failures_get_documented_errors_never_500() {
     );
 }
 
+/// Every token of the chain follows `token_ttl_secs`, the skypetoken included, so an operator
+/// shortens them together and a client's refresh path can be exercised.
+#[tokio::test]
+async fn a_short_configured_token_lifetime_shows_in_expires_in() {
+    const TTL: u64 = 90;
+    let t = setup_with(|c| c.token_ttl_secs = TTL).await;
+    let (http, port) = https_client(&t);
+    let first = full_login(&http, port, "live:alice").await;
+    assert_eq!(first.expires_in, TTL.to_string());
+    let (status, body) = json(refresh(&http, port, &first.refresh).await).await;
+    assert_eq!(
+        (status, body["expires_in"].as_u64()),
+        (StatusCode::OK, Some(TTL))
+    );
+    let access = body["access_token"].as_str().unwrap().to_string();
+    let (status, body) = json(skypetoken(&http, port, &access).await).await;
+    assert_eq!(
+        (status, body["expiresIn"].as_u64()),
+        (StatusCode::OK, Some(TTL)),
+        "{body}"
+    );
+    // The token itself expires then, not a day later.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let skype = body["skypetoken"].as_str().unwrap();
+    let claims = t
+        .server()
+        .state()
+        .tokens
+        .verify(TokenKind::Skype, skype, now)
+        .unwrap();
+    assert!(
+        (claims.expires_at - now - TTL as i64).abs() <= 5,
+        "{claims:?}"
+    );
+    let later = now + TTL as i64 + 1;
+    assert!(t
+        .server()
+        .state()
+        .tokens
+        .verify(TokenKind::Skype, skype, later)
+        .is_err());
+    // The Skype-name path issues the same lifetime.
+    let digest = msnp24_server::accounts::legacy_digest("bob", PASSWORD);
+    let (status, body) = json(
+        http.post(format!("https://api.skype.com:{port}/login/skypetoken"))
+            .form(&[
+                ("scopes", "client"),
+                ("username", "bob"),
+                ("passwordHash", &digest),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["expiresIn"].as_u64()),
+        (StatusCode::OK, Some(TTL)),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn skype_name_clients_log_in_with_the_legacy_digest() {
     let t = setup().await;
@@ -612,9 +684,39 @@ async fn contacts_services_act_on_the_same_lists() {
             c["authorized"].as_bool(),
             c["blocked"].as_bool()
         ),
-        (Some("8:bob"), Some("Bob"), Some(true), Some(false))
+        (Some("8:bob"), Some("Bob Builder"), Some(true), Some(false))
     );
-    assert_eq!(c["profile"]["name"]["first"], "Bob");
+    // The contacts service and the profile service split the display name alike.
+    assert_eq!(
+        (
+            &c["profile"]["name"]["first"],
+            &c["profile"]["name"]["surname"]
+        ),
+        (&serde_json::json!("Bob"), &serde_json::json!("Builder"))
+    );
+    let (status, public) = json(
+        http.get(format!(
+            "https://api.skype.com:{port}/users/bob/profile/public"
+        ))
+        .header("X-Skypetoken", &alice_st)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            &public["firstname"],
+            &public["lastname"],
+            &public["displayname"]
+        ),
+        (
+            &serde_json::json!("Bob"),
+            &serde_json::json!("Builder"),
+            &serde_json::json!("Bob Builder")
+        )
+    );
     assert_eq!(c["profile"]["mood"], "around");
     // The same list MSNP sees: bob's row for alice has forward and allow.
     let rows = state

@@ -168,6 +168,88 @@ async fn create_add_roles_topic_and_threads_query() {
 }
 
 #[tokio::test]
+async fn a_member_adds_a_member_but_not_an_admin_nor_removes_or_changes_roles() {
+    let t = TestServer::start().await;
+    users(&t, &["alice", "bob", "carol", "dave"]).await;
+    let mut alice = t.signed_in("alice").await;
+    let mut bob = t.signed_in("bob").await;
+    let mut carol = t.signed_in("carol").await;
+    let id = alice.create_thread(&["bob"], None).await.unwrap();
+    nfy(&mut bob).await;
+    sdg(&mut bob, "ThreadActivity/AddMember").await;
+    drain(&mut alice).await;
+
+    // What a Skype 7 client sends from "add people": a plain member adds carol as `user`.
+    bob.add_thread_members(&id, &[("carol", "user")])
+        .await
+        .unwrap();
+    let full = nfy(&mut carol).await;
+    assert_eq!(full.id, id);
+    assert_eq!(
+        roles(&full),
+        [
+            pair("8:alice", "admin"),
+            pair("8:bob", "user"),
+            pair("8:carol", "user")
+        ]
+    );
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let add = sdg(c, "ThreadActivity/AddMember").await;
+        assert_eq!(
+            (add.from(), add.to()),
+            (Some(id.as_str()), Some(id.as_str()))
+        );
+        let body = msnp24_proto::xml::thread::AddMember::parse(&add.body).unwrap();
+        assert_eq!(body.initiator, "8:bob");
+        assert_eq!(body.targets, ["8:carol"]);
+    }
+
+    // What stays with admins, each refused with 208 (§7, §9) and nothing applied.
+    let refused = [
+        ("PUT", "8:dave", Some("admin")),
+        ("PUT", "8:carol", Some("admin")),
+        ("PUT", "8:alice", Some("user")),
+        ("DEL", "8:carol", None),
+        ("DEL", "8:alice", None),
+    ];
+    for (verb, mri, role) in refused {
+        let req = Thread {
+            id: id.clone(),
+            members: vec![Member {
+                mri: mri.to_string(),
+                role: role.map(str::to_string),
+            }],
+            ..Default::default()
+        };
+        let reply = bob.thread_request(verb, &req).await.unwrap();
+        assert_eq!(code(&reply), Some(208), "{verb} {mri} {role:?}");
+    }
+    let got = alice.threads(&[&id]).await.unwrap();
+    assert_eq!(
+        roles(&got.threads[0]),
+        [
+            pair("8:alice", "admin"),
+            pair("8:bob", "user"),
+            pair("8:carol", "user")
+        ]
+    );
+    // Nobody heard of a change that did not happen.
+    for c in [&mut alice, &mut carol] {
+        let seen = drain(c).await;
+        assert!(
+            !seen
+                .iter()
+                .any(|f| f.target == "MSGR\\THREAD" || f.cmd == "SDG"),
+            "{seen:?}"
+        );
+    }
+    for c in [&alice, &bob, &carol] {
+        assert!(c.ping().await.unwrap().error_code().is_none());
+        assert_conformant(c);
+    }
+}
+
+#[tokio::test]
 async fn each_refusal_and_what_is_acknowledged() {
     let t = TestServer::start().await;
     users(&t, &["alice", "bob", "carol", "dave"]).await;
@@ -189,10 +271,11 @@ async fn each_refusal_and_what_is_acknowledged() {
     };
     let r = |f: anyhow::Result<Frame>| code(&f.unwrap());
 
-    // 208: a user adds, changes a role, removes another; a non-member sends, sets the topic, removes.
+    // 208: a user adds an admin, changes a role, removes another; a non-member sends, sets the
+    // topic, removes.
     assert_eq!(
         r(bob
-            .thread_request("PUT", &put(vec![("8:carol", None)], None))
+            .thread_request("PUT", &put(vec![("8:carol", Some("admin"))], None))
             .await),
         Some(208)
     );

@@ -23,6 +23,24 @@ fn set_in(fields: &mut Vec<(String, String)>, name: &str, raw: String) {
     }
 }
 
+/// Overlays `update` on `fields`: known names are replaced in place, new ones appended while
+/// there are fewer than `max_fields`. Returns how many new fields were dropped for want of room.
+fn merge_in(
+    fields: &mut Vec<(String, String)>,
+    update: &[(String, String)],
+    max_fields: usize,
+) -> usize {
+    let mut dropped = 0;
+    for (name, raw) in update {
+        if fields.len() >= max_fields && !fields.iter().any(|(k, _)| k == name) {
+            dropped += 1;
+            continue;
+        }
+        set_in(fields, name, raw.clone());
+    }
+    dropped
+}
+
 fn get_in<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
         .iter()
@@ -82,11 +100,10 @@ impl ServiceDoc {
         self.fields.retain(|(k, _)| k != name);
     }
 
-    /// Overlays another publication of the same service: its fields replace or extend ours.
-    pub fn merge(&mut self, update: &ServiceDoc) {
-        for (name, raw) in &update.fields {
-            self.set_field(name, raw.clone());
-        }
+    /// Overlays another publication of the same service: its fields replace ours, or extend them
+    /// up to `max_fields`; returns how many new fields did not fit.
+    pub fn merge(&mut self, update: &ServiceDoc, max_fields: usize) -> usize {
+        merge_in(&mut self.fields, &update.fields, max_fields)
     }
 }
 
@@ -121,11 +138,9 @@ impl EndpointDoc {
         set_in(&mut self.fields, name, raw_xml.into());
     }
 
-    /// Overlays another publication of the same endpoint section.
-    pub fn merge(&mut self, update: &EndpointDoc) {
-        for (name, raw) in &update.fields {
-            self.set_field(name, raw.clone());
-        }
+    /// Overlays another publication of the same endpoint section, as [`ServiceDoc::merge`].
+    pub fn merge(&mut self, update: &EndpointDoc, max_fields: usize) -> usize {
+        merge_in(&mut self.fields, &update.fields, max_fields)
     }
 }
 
@@ -311,18 +326,37 @@ mod tests {
         im.fields.push(("Status".into(), "BSY".into()));
         im.set_field("Status", "AWY");
         assert_eq!(im.fields, [("Status".into(), "AWY".into())]);
-        im.merge(&ServiceDoc {
-            name: "IM".into(),
-            fields: vec![("CurrentMedia".into(), String::new())],
-        });
+        im.merge(
+            &ServiceDoc {
+                name: "IM".into(),
+                fields: vec![("CurrentMedia".into(), String::new())],
+            },
+            32,
+        );
         assert_eq!(im.fields.len(), 2);
+        let extra = ServiceDoc {
+            name: "IM".into(),
+            fields: vec![
+                ("Status".into(), "BSY".into()),
+                ("A".into(), String::new()),
+                ("B".into(), String::new()),
+            ],
+        };
+        assert_eq!(im.merge(&extra, 3), 1, "one new field fits, one does not");
+        assert_eq!(
+            im.field("Status"),
+            Some("BSY"),
+            "known fields are still replaced"
+        );
+        assert_eq!(im.fields.len(), 3);
+        im.remove_field("A");
         im.remove_field("CurrentMedia");
         let skp = doc.service_mut("SKP").unwrap();
         skp.set_field_text("Mood", "<3 & more");
         assert_eq!(skp.field("Mood"), Some("&lt;3 &amp; more"));
         assert_eq!(doc.mood().as_deref(), Some("<3 & more"));
         let mut sep = EndpointDoc::new("IM", "{e}");
-        sep.merge(&doc.endpoints[0]);
+        assert_eq!(sep.merge(&doc.endpoints[0], 32), 0);
         assert_eq!(sep.field("Capabilities"), Some("0:4194560"));
     }
 }

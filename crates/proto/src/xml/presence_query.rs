@@ -68,12 +68,29 @@ impl PresenceResponse {
         let mut w = XmlWriter::new();
         w.open("presence-response");
         for (from, doc) in &self.entries {
-            w.leaf("from", from);
-            doc.write(&mut w, true);
+            write_entry(&mut w, from, doc);
         }
         w.close("presence-response");
         w.finish()
     }
+
+    /// The size of the body with no entries; each entry adds [`PresenceResponse::entry_len`].
+    pub fn empty_len() -> usize {
+        PresenceResponse::default().to_xml().len()
+    }
+
+    /// The bytes one `<from>`/`<user>` pair adds to the body, so a server can fit a reply to a
+    /// frame limit before writing it.
+    pub fn entry_len(from: &str, doc: &UserDoc) -> usize {
+        let mut w = XmlWriter::new();
+        write_entry(&mut w, from, doc);
+        w.finish().len()
+    }
+}
+
+fn write_entry(w: &mut XmlWriter, from: &str, doc: &UserDoc) {
+    w.leaf("from", from);
+    doc.write(w, true);
 }
 
 #[cfg(test)]
@@ -99,6 +116,12 @@ mod tests {
         assert_eq!(r.entries[0].1.status(), Some("NLN"));
         assert_eq!(r.entries[1], ("8:carol".to_owned(), UserDoc::default()));
         assert_eq!(r.to_xml().as_bytes(), body);
+        let sizes: usize = r
+            .entries
+            .iter()
+            .map(|(f, d)| PresenceResponse::entry_len(f, d))
+            .sum();
+        assert_eq!(PresenceResponse::empty_len() + sizes, body.len());
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub async fn bnd(
             messaging: false,
             presence: false,
         },
+        max_payload: s.state.config.max_payload,
     };
     let bound = Bound { account, epid, ver };
     // Before the router knows the endpoint, so its presence entry exists when notifications start.

@@ -61,8 +61,13 @@ pub async fn put(
     Ok(Flow::Continue)
 }
 
-/// `GET MSGR\PRESENCE`: one `<from>`/`<user>` pair per contact asked; a document only where
-/// presence would flow to the caller (or for the caller itself).
+/// Room left in a reply for its first line's headers (a fresh registration token and friends).
+const REPLY_HEADROOM: usize = 1024;
+
+/// `GET MSGR\PRESENCE`: one `<from>`/`<user>` pair per contact asked (each contact once, in the
+/// order first asked); a document only where presence would flow to the caller (or for the
+/// caller itself). The reply fits the frame limit: past it, documents are written `<user/>`, and
+/// once not even that fits the listing ends.
 pub async fn get(
     s: &mut Session,
     frame: &Frame,
@@ -71,9 +76,10 @@ pub async fn get(
 ) -> Outcome {
     let b = bound(s)?;
     let query = PresenceQuery::parse(&payload.body).map_err(bad_xml)?;
-    let mut response = PresenceResponse::default();
-    for asked in &query.contacts {
-        let Ok(mri) = Mri::parse(asked) else {
+    let mut asked: Vec<(String, Option<AccountName>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for contact in &query.contacts {
+        let Ok(mri) = Mri::parse(contact) else {
             continue;
         };
         // Addresses of other networks are never written back to a client (§0.7).
@@ -84,31 +90,69 @@ pub async fn get(
             continue;
         }
         let from = mri.without_epid().to_string();
+        if !seen.insert(from.clone()) {
+            continue;
+        }
         let target = match mri.network {
             Network::Skype => AccountName::parse(&mri.id).ok(),
             _ => None,
         };
-        let doc = match target {
-            Some(t) if t == b.account => s.state.presence.document(&t, View::Own).await,
-            Some(t) => {
-                let rel = s
-                    .state
-                    .storage
-                    .contact_relations(&b.account, std::slice::from_ref(&t))
-                    .await
-                    .map_err(internal)?;
-                // Asking is watching for a moment: the target's allow decides, not our forward.
-                let visible = rel.first().is_some_and(|r| {
-                    presence_flows(r.mine | crate::storage::list_bits::FORWARD, r.theirs)
-                });
-                match visible {
-                    true => s.state.presence.document(&t, View::Others).await,
-                    false => None,
-                }
-            }
-            None => None,
-        };
-        response.entries.push((from, doc.unwrap_or_default()));
+        asked.push((from, target));
+    }
+    let others: Vec<AccountName> = asked
+        .iter()
+        .filter_map(|(_, t)| t.clone().filter(|t| *t != b.account))
+        .collect();
+    let relations = s
+        .state
+        .storage
+        .contact_relations(&b.account, &others)
+        .await
+        .map_err(internal)?;
+    // Asking is watching for a moment: the target's allow decides, not our forward.
+    let visible: Vec<AccountName> = relations
+        .into_iter()
+        .filter(|r| presence_flows(r.mine | crate::storage::list_bits::FORWARD, r.theirs))
+        .map(|r| r.name)
+        .collect();
+    let mut docs = s.state.presence.documents(&visible, View::Others).await;
+    if asked.iter().any(|(_, t)| t.as_ref() == Some(&b.account)) {
+        if let Some(own) = s.state.presence.document(&b.account, View::Own).await {
+            docs.insert(b.account.clone(), own);
+        }
+    }
+    let budget = s.state.config.max_payload.saturating_sub(REPLY_HEADROOM);
+    let mut used = PresenceResponse::empty_len();
+    let mut response = PresenceResponse::default();
+    let mut trimmed = 0usize;
+    for (from, target) in asked {
+        let doc = target
+            .and_then(|t| docs.get(&t).cloned())
+            .unwrap_or_default();
+        let len = PresenceResponse::entry_len(&from, &doc);
+        if used + len <= budget {
+            used += len;
+            response.entries.push((from, doc));
+            continue;
+        }
+        let empty = UserDoc::default();
+        let len = PresenceResponse::entry_len(&from, &empty);
+        trimmed += 1;
+        if used + len > budget {
+            break;
+        }
+        used += len;
+        response.entries.push((from, empty));
+    }
+    if trimmed > 0 {
+        tracing::warn!(
+            conn = s.conn_id,
+            account = %b.account,
+            asked = query.contacts.len(),
+            answered = response.entries.len(),
+            trimmed,
+            "presence query answer trimmed to the frame limit"
+        );
     }
     out.push(s.reply(frame, response.to_xml(), false));
     Ok(Flow::Continue)

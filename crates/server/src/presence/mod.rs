@@ -25,7 +25,13 @@ pub mod store;
 pub use state::{AccountState, Status, View};
 pub use store::{MemoryPresenceStore, PresenceStore, Timer};
 
-use state::{clean_sep, clean_service, views, EndpointState, Views};
+pub use state::{Trimmed, MAX_DOCUMENT_BYTES, MAX_FIELDS, MAX_SEPS, MAX_SERVICES};
+
+use state::{views, EndpointState, Views};
+
+/// Room left in a frame for a notification's headers around the document (`To`, `From` with an
+/// epid, `NotifNum`… take about 250 bytes).
+const NOTICE_HEADROOM: usize = 1024;
 
 /// `ACTIVEENDPOINT` timeouts beyond this are treated as this (keeps deadline arithmetic safe).
 const MAX_ACTIVE_SECS: u64 = 24 * 3600;
@@ -36,6 +42,8 @@ pub struct PresenceService {
     storage: Arc<dyn Storage>,
     router: Arc<dyn Router>,
     keepalive: Duration,
+    /// Largest document a publication may leave behind (see [`MAX_DOCUMENT_BYTES`]).
+    max_document: usize,
     wake: Notify,
     notif_num: AtomicU64,
 }
@@ -48,18 +56,21 @@ struct Change {
 }
 
 impl PresenceService {
-    /// A service with no one online; `keepalive` is how long a vanished endpoint stays present.
+    /// A service with no one online; `keepalive` is how long a vanished endpoint stays present;
+    /// `max_frame` is the largest payload a peer accepts, which every notification must fit.
     pub fn new(
         store: Arc<dyn PresenceStore>,
         storage: Arc<dyn Storage>,
         router: Arc<dyn Router>,
         keepalive: Duration,
+        max_frame: usize,
     ) -> PresenceService {
         PresenceService {
             store,
             storage,
             router,
             keepalive,
+            max_document: MAX_DOCUMENT_BYTES.min(max_frame.saturating_sub(NOTICE_HEADROOM)),
             wake: Notify::new(),
             // Distinct per process, so notifications from two nodes of a cluster rarely share one.
             notif_num: AtomicU64::new(u64::from(rand::random::<u16>()) << 32 | 1),
@@ -138,31 +149,18 @@ impl PresenceService {
     /// `<Status>` is this endpoint's own status. Returns how many endpoints were notified.
     pub async fn publish(&self, account: &AccountName, epid: &Epid, doc: UserDoc) -> usize {
         let _turn = self.store.lock(account).await;
+        let max_bytes = self.max_document;
         let change = self.mutate(account, Some(epid), |state, _| {
-            let status = doc.status().map(Status::from_published);
-            for s in &doc.services {
-                let clean = clean_service(s);
-                match state.services.iter_mut().find(|m| m.name == s.name) {
-                    Some(merged) => merged.merge(&clean),
-                    None => state.services.push(clean),
-                }
-            }
-            if state.endpoint_mut(epid).is_none() {
-                state.endpoints.push(EndpointState::new(epid.clone(), 0));
-            }
-            let Some(e) = state.endpoint_mut(epid) else {
-                return;
-            };
-            e.published = true;
-            if let Some(status) = status {
-                e.status = status;
-            }
-            for sep in &doc.endpoints {
-                let clean = clean_sep(sep, epid);
-                match e.seps.iter_mut().find(|m| m.name == sep.name) {
-                    Some(merged) => merged.merge(&clean),
-                    None => e.seps.push(clean),
-                }
+            let trimmed = state.merge_publication(epid, &doc, max_bytes);
+            if trimmed != Trimmed::default() {
+                tracing::warn!(
+                    account = %account,
+                    epid = %epid,
+                    dropped = trimmed.dropped,
+                    oversized = trimmed.oversized,
+                    max_bytes,
+                    "presence publication past its caps; the excess was dropped"
+                );
             }
         });
         match change.await {
@@ -324,6 +322,24 @@ impl PresenceService {
             Err(e) => {
                 tracing::error!(account = %account, error = %e, "presence unavailable");
                 None
+            }
+        }
+    }
+
+    /// The documents `view` shows of those of `accounts` that are online to it (one store read).
+    pub async fn documents(
+        &self,
+        accounts: &[AccountName],
+        view: View,
+    ) -> std::collections::HashMap<AccountName, UserDoc> {
+        match self.store.load_many(accounts).await {
+            Ok(states) => states
+                .into_iter()
+                .filter_map(|(a, s)| s.render(view).map(|d| (a, d)))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "presence unavailable");
+                Default::default()
             }
         }
     }

@@ -5,6 +5,26 @@ use msnp24_proto::xml::presence_doc::{EndpointDoc, ServiceDoc, UserDoc};
 use msnp24_proto::Epid;
 use serde::{Deserialize, Serialize};
 
+/// `<s>` services one account keeps; real clients publish four (`IM`, `SKP`, `PE`, `PD`).
+pub const MAX_SERVICES: usize = 16;
+/// `<sep>` sections one endpoint keeps.
+pub const MAX_SEPS: usize = 16;
+/// Fields one `<s>` or `<sep>` keeps; real clients publish fewer than ten.
+pub const MAX_FIELDS: usize = 32;
+/// Largest document (the account's own view, every endpoint's `<sep>` included) a publication
+/// may leave behind; real documents are 1–2 KB per endpoint. Every change re-sends the whole
+/// document to every watcher, so this bounds both memory and fan-out.
+pub const MAX_DOCUMENT_BYTES: usize = 32 * 1024;
+
+/// What the caps of a publication left out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// New services, sections and fields past the count caps, dropped.
+    pub dropped: usize,
+    /// The publication would have grown the document past its size cap: only its status was kept.
+    pub oversized: bool,
+}
+
 /// An endpoint's effective status (§4.3): the only four values ever sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -118,6 +138,76 @@ pub enum View {
 impl AccountState {
     pub(crate) fn endpoint_mut(&mut self, epid: &Epid) -> Option<&mut EndpointState> {
         self.endpoints.iter_mut().find(|e| &e.epid == epid)
+    }
+
+    /// Merges `epid`'s publication (§4.3): `<s>` per account, `<sep>` and status per endpoint,
+    /// within the caps above. Growth past a count cap is dropped; a publication that would make
+    /// the document larger than `max_bytes` keeps only its status, so a client still changes its
+    /// status whatever else it sent.
+    pub(crate) fn merge_publication(
+        &mut self,
+        epid: &Epid,
+        doc: &UserDoc,
+        max_bytes: usize,
+    ) -> Trimmed {
+        let status = doc.status().map(Status::from_published);
+        let before = self.clone();
+        let mut trimmed = Trimmed::default();
+        for s in &doc.services {
+            let clean = clean_service(s);
+            let room = self.services.len() < MAX_SERVICES;
+            match self.services.iter_mut().find(|m| m.name == s.name) {
+                Some(merged) => trimmed.dropped += merged.merge(&clean, MAX_FIELDS),
+                None if room => {
+                    let mut fresh = ServiceDoc::new(clean.name.clone());
+                    trimmed.dropped += fresh.merge(&clean, MAX_FIELDS);
+                    self.services.push(fresh);
+                }
+                None => trimmed.dropped += 1,
+            }
+        }
+        let e = self.endpoint_entry(epid);
+        for sep in &doc.endpoints {
+            let clean = clean_sep(sep, epid);
+            let room = e.seps.len() < MAX_SEPS;
+            match e.seps.iter_mut().find(|m| m.name == sep.name) {
+                Some(merged) => trimmed.dropped += merged.merge(&clean, MAX_FIELDS),
+                None if room => {
+                    let mut fresh = EndpointDoc::new(clean.name.clone(), clean.epid.clone());
+                    trimmed.dropped += fresh.merge(&clean, MAX_FIELDS);
+                    e.seps.push(fresh);
+                }
+                None => trimmed.dropped += 1,
+            }
+        }
+        e.published = true;
+        if self.document_len(View::Own) > max_bytes {
+            *self = before;
+            trimmed.oversized = true;
+        }
+        let e = self.endpoint_entry(epid);
+        e.published = true;
+        if let Some(status) = status {
+            e.status = status;
+        }
+        trimmed
+    }
+
+    /// The endpoint's entry, created (unbound, unpublished) if the account has none for it.
+    fn endpoint_entry(&mut self, epid: &Epid) -> &mut EndpointState {
+        let i = match self.endpoints.iter().position(|e| &e.epid == epid) {
+            Some(i) => i,
+            None => {
+                self.endpoints.push(EndpointState::new(epid.clone(), 0));
+                self.endpoints.len() - 1
+            }
+        };
+        &mut self.endpoints[i]
+    }
+
+    /// The size in bytes of the document `view` shows (0 when offline to it).
+    pub(crate) fn document_len(&self, view: View) -> usize {
+        self.render(view).map_or(0, |d| d.to_xml().len())
     }
 
     /// The whole merged document with exactly one `<Status>`, or `None` when offline to `view`.

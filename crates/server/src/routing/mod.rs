@@ -103,6 +103,29 @@ pub enum Outbound {
     Message(Arc<Delivery>),
 }
 
+/// Room for what each connection adds to a chat message (`Ack-Id`, `Context`, `Skype-Age`, and a
+/// `Content-Length` the message may lack), with margin.
+const PER_CONNECTION_HEADERS: usize = 160;
+
+impl Outbound {
+    /// The payload size this item is written with (for a chat message, an upper bound).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Outbound::Frame(f) => f.payload.len(),
+            Outbound::Message(d) => {
+                let m = &d.message;
+                let headers: usize = [&m.routing, &m.reliability, &m.content]
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .map(|(n, v)| n.len() + v.len() + 4)
+                    .sum();
+                // Three blank lines end the transport, routing and reliability blocks, one the content's.
+                headers + 8 + m.body.len() + PER_CONNECTION_HEADERS
+            }
+        }
+    }
+}
+
 /// How the router reaches one connection.
 #[derive(Debug, Clone)]
 pub struct EndpointHandle {
@@ -114,11 +137,24 @@ pub struct EndpointHandle {
     pub kick: Arc<watch::Sender<Option<KickReason>>>,
     /// What the endpoint told BND.
     pub info: EndpointInfo,
+    /// The largest payload this connection is sent (the frame limit requests are held to).
+    pub max_payload: usize,
 }
 
 impl EndpointHandle {
     /// Queues `item`; a connection whose queue is full is ended rather than allowed to grow.
+    /// Nothing larger than the frame limit is queued: a peer is held to it, so the server is too.
     pub fn send(&self, item: Outbound) -> bool {
+        let len = item.payload_len();
+        if len > self.max_payload {
+            tracing::warn!(
+                conn = self.conn_id,
+                len,
+                limit = self.max_payload,
+                "outbound frame larger than the frame limit; not sent"
+            );
+            return false;
+        }
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -12,6 +12,7 @@ use axum::{Form, Json};
 use msnp24_proto::AccountName;
 use serde::Deserialize;
 
+use super::profile::name_parts;
 use super::{skype_account, status_error};
 use crate::commands::messaging::iso_time;
 use crate::contacts::{self, ListOp};
@@ -39,12 +40,14 @@ async fn named(state: &AppState, raw: &str) -> Result<AccountName, Response> {
     }
 }
 
+/// A contact's `profile`; its `name` (`first`, `surname`: the contacts service's own keys) comes
+/// from the same split as the profile service's `firstname`/`lastname`.
 fn profile(account: Option<&Account>) -> serde_json::Value {
-    let display = account.and_then(|a| a.display_name.clone());
-    let first = display
-        .as_deref()
-        .map(|d| d.split_whitespace().next().unwrap_or(d).to_string());
-    serde_json::json!({"name": {"first": first}, "mood": account.and_then(|a| a.mood.clone())})
+    let (first, surname) = name_parts(account.and_then(|a| a.display_name.as_deref()));
+    serde_json::json!({
+        "name": {"first": first, "surname": surname},
+        "mood": account.and_then(|a| a.mood.clone()),
+    })
 }
 
 /// `GET /contacts/v2/users/<name>/contacts`: the caller's list (`<name>` must be the caller or

@@ -12,9 +12,11 @@ use super::skype_account;
 use crate::state::AppState;
 use crate::storage::Account;
 
-/// First word of the display name, and the rest.
-fn split_name(account: &Account) -> (Option<String>, Option<String>) {
-    match account.display_name.as_deref().map(str::trim) {
+/// First and last name as both services show them, derived from the display name alone (the
+/// one place that splits it, so the profile and the contact list always agree): the first word,
+/// and the rest with its inner spacing kept.
+pub fn name_parts(display_name: Option<&str>) -> (Option<String>, Option<String>) {
+    match display_name.map(str::trim) {
         Some(d) if !d.is_empty() => match d.split_once(char::is_whitespace) {
             Some((first, last)) => (Some(first.to_string()), Some(last.trim().to_string())),
             None => (Some(d.to_string()), None),
@@ -25,7 +27,7 @@ fn split_name(account: &Account) -> (Option<String>, Option<String>) {
 
 /// The profile fields shared by both endpoints.
 pub fn profile_json(account: &Account) -> serde_json::Value {
-    let (first, last) = split_name(account);
+    let (first, last) = name_parts(account.display_name.as_deref());
     serde_json::json!({
         "username": account.name.as_str(),
         "firstname": first,
@@ -57,4 +59,29 @@ pub async fn public(
         Err(_) => None,
     };
     Json(found.map_or_else(|| serde_json::json!({}), |a| profile_json(&a))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_parts;
+
+    #[test]
+    fn names_split_at_the_first_space() {
+        let parts = |d: Option<&str>| {
+            let (f, l) = name_parts(d);
+            (
+                f.as_deref().map(str::to_owned),
+                l.as_deref().map(str::to_owned),
+            )
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(parts(Some("Bob Builder")), (s("Bob"), s("Builder")));
+        assert_eq!(
+            parts(Some("  Ana María  de la Cruz ")),
+            (s("Ana"), s("María  de la Cruz"))
+        );
+        assert_eq!(parts(Some("Bob")), (s("Bob"), None));
+        assert_eq!(parts(Some("   ")), (None, None));
+        assert_eq!(parts(None), (None, None));
+    }
 }

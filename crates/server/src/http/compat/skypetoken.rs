@@ -17,12 +17,12 @@ use crate::state::{AppState, TokenRefusal};
 use crate::storage::Account;
 use crate::tokens::TokenKind;
 
-/// Lifetime of a skypetoken, in seconds.
-pub const SKYPETOKEN_TTL_SECS: u64 = 24 * 3600;
-
+/// A skypetoken lives as long as the access token it is traded for (`token_ttl_secs`), so an
+/// operator shortens both at once and a client's refresh path runs when it should.
 fn issued(state: &AppState, account: &Account) -> Response {
-    let (token, _) = state.issue(TokenKind::Skype, account, SKYPETOKEN_TTL_SECS);
-    Json(serde_json::json!({"skypetoken": token, "expiresIn": SKYPETOKEN_TTL_SECS})).into_response()
+    let ttl = state.config.token_ttl_secs;
+    let (token, _) = state.issue(TokenKind::Skype, account, ttl);
+    Json(serde_json::json!({"skypetoken": token, "expiresIn": ttl})).into_response()
 }
 
 /// The fields of `POST /rps/skypetoken`.
