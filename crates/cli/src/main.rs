@@ -124,6 +124,9 @@ struct ServeArgs {
     /// Turn the HTTPS listener off.
     #[arg(long, conflicts_with = "https_listen")]
     no_https: bool,
+    /// Serve Prometheus metrics at GET /metrics on this address (off by default).
+    #[arg(long, env = "MSNP24_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds without any frame before a connection is closed.
     #[arg(long)]
     idle_timeout: Option<u64>,
@@ -385,6 +388,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_https {
         config.https_listen = None;
     }
+    if let Some(a) = args.metrics_listen {
+        config.metrics_listen = Some(a);
+    }
     if let Some(t) = args.idle_timeout {
         config.idle_timeout_secs = t;
     }
@@ -413,9 +419,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| format!(" | clients trust {}", p.display()))
         .unwrap_or_default();
+    let metrics = server
+        .metrics_addr
+        .map(|a| format!(" | metrics {a}"))
+        .unwrap_or_default();
     let _ = writeln!(
         std::io::stdout(),
-        "msnp24 listening: msnp {} | msnp+tls {} | http {} | https {}{ca}",
+        "msnp24 listening: msnp {} | msnp+tls {} | http {} | https {}{ca}{metrics}",
         server.tcp_addr,
         server.tls_addr.map_or("off".into(), |a| a.to_string()),
         server.http_addr,

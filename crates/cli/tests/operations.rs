@@ -1,11 +1,14 @@
-//! What an operator sees of a running `msnp24 serve`: JSON log lines.
+//! What an operator sees of a running `msnp24 serve`: JSON log lines and Prometheus metrics.
 
 mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use common::*;
+use msnp24_client::{expect_ok, http_login, new_epid, Client};
 use msnp24_proto::Payload;
 
 fn add_users(dir: &std::path::Path, names: &[&str]) {
@@ -37,7 +40,7 @@ fn json_log_lines_name_connection_account_and_command() {
     rt.block_on(async {
         let alice = sign_in(&server, "alice").await;
         let _bob = sign_in(&server, "bob").await;
-        msnp24_client::expect_ok(alice.send_text("8:bob", "hello").await.unwrap()).unwrap();
+        expect_ok(alice.send_text("8:bob", "hello").await.unwrap()).unwrap();
         let (_, reply) = alice
             .send("XYZ", "MSGR", Payload::body("").encode())
             .await
@@ -89,4 +92,185 @@ fn json_log_lines_name_connection_account_and_command() {
         closed.is_empty() || closed.iter().all(|l| l["span"]["account"].is_string()),
         "{text}"
     );
+}
+
+/// `GET /metrics`, parsed into `name{labels}` → value.
+async fn scrape(addr: &str) -> (String, HashMap<String, f64>) {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let values = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect();
+    (text, values)
+}
+
+fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("{series} missing from {:?}", m.keys()))
+}
+
+#[test]
+fn metrics_count_a_scripted_session_and_pass_promtool() {
+    let promtool = std::env::var("MSNP24_PROMTOOL").expect(
+        "MSNP24_PROMTOOL is not set: run the tests with scripts/test, which installs promtool",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("test.toml"), "").unwrap();
+    add_users(dir.path(), &["alice", "bob"]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = serve_with(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &["--metrics-listen", &metrics],
+        "warn",
+        Stdio::inherit(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Off the public HTTP port: metrics only where configured.
+        let public = reqwest::get(format!("{}/metrics", server.http))
+            .await
+            .unwrap();
+        assert_eq!(public.status(), 404);
+
+        let alice = sign_in(&server, "alice").await;
+        let mut bob = sign_in(&server, "bob").await;
+        assert!(http_login(&server.http, "alice", "wrong-password")
+            .await
+            .is_err());
+        let mut intruder = Client::connect_tcp(server.msnp).await.unwrap();
+        assert!(intruder
+            .login("alice", "forged", &new_epid())
+            .await
+            .is_err());
+        for i in 0..3 {
+            expect_ok(alice.send_text("8:bob", &format!("m{i}")).await.unwrap()).unwrap();
+        }
+        let mut got = 0;
+        while got < 3 {
+            let f = bob
+                .next_event_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .expect("bob's connection ended");
+            if f.cmd == "SDG" {
+                got += 1;
+            }
+        }
+        let (_, reply) = alice
+            .send("XYZ", "MSGR", Payload::body("").encode())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), reply)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let m = scrape(&metrics).await.1;
+        let expect = [
+            // The intruder's connection stays open after its refused handshake.
+            (r#"msnp24_connections_open{transport="tcp"}"#, 3.0),
+            (r#"msnp24_connections_open{transport="tls"}"#, 0.0),
+            ("msnp24_endpoints_bound", 2.0),
+            ("msnp24_accounts_online", 2.0),
+            (r#"msnp24_handshakes_total{outcome="bound"}"#, 2.0),
+            (r#"msnp24_handshakes_total{outcome="refused"}"#, 2.0),
+            (r#"msnp24_logins_total{outcome="ok"}"#, 2.0),
+            (r#"msnp24_logins_total{outcome="invalid"}"#, 1.0),
+            (r#"msnp24_logins_total{outcome="throttled"}"#, 0.0),
+            (r#"msnp24_frames_in_total{command="SDG"}"#, 3.0),
+            (r#"msnp24_frames_in_total{command="other"}"#, 1.0),
+            (r#"msnp24_frames_in_total{command="BND"}"#, 3.0),
+            (r#"msnp24_frames_out_total{command="error"}"#, 3.0),
+            (r#"msnp24_refusals_total{code="240"}"#, 1.0),
+            (r#"msnp24_refusals_total{code="911"}"#, 2.0),
+            ("msnp24_messages_stored_total", 3.0),
+            ("msnp24_messages_delivered_total", 3.0),
+            ("msnp24_delivery_latency_seconds_count", 3.0),
+            ("msnp24_store_batch_size_sum", 3.0),
+            ("msnp24_outbound_drops_total", 0.0),
+            ("msnp24_slow_reader_kicks_total", 0.0),
+            ("msnp24_redis_errors_total", 0.0),
+            (r#"msnp24_database_errors_total{backend="sqlite"}"#, 0.0),
+            (r#"msnp24_cluster_deliveries_total{direction="sent"}"#, 0.0),
+        ];
+        let wrong: Vec<String> = expect
+            .iter()
+            .filter(|(s, v)| value(&m, s) != *v)
+            .map(|(s, v)| format!("{s} = {} (expected {v})", value(&m, s)))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // Three replies to SDG and each message's copy to bob.
+        assert_eq!(value(&m, r#"msnp24_frames_out_total{command="SDG"}"#), 6.0);
+        let batches = value(&m, "msnp24_store_commit_seconds_count");
+        assert!((1.0..=3.0).contains(&batches), "{batches} batches");
+        assert_eq!(value(&m, "msnp24_store_batch_size_count"), batches);
+
+        // A presence change seen by a contact is one notification.
+        expect_ok(alice.add_contact("bob").await.unwrap()).unwrap();
+        expect_ok(bob.allow_contact("alice").await.unwrap()).unwrap();
+        // Whatever the contact changes sent bob is drained first.
+        while let Ok(Some(_)) = bob.next_event_timeout(Duration::from_millis(200)).await {}
+        let before = value(
+            &scrape(&metrics).await.1,
+            "msnp24_presence_notifications_total",
+        );
+        expect_ok(alice.set_presence("AWY", None).await.unwrap()).unwrap();
+        loop {
+            let f = bob
+                .next_event_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .expect("no presence notification");
+            if f.cmd == "NFY" {
+                break;
+            }
+        }
+        let after = value(
+            &scrape(&metrics).await.1,
+            "msnp24_presence_notifications_total",
+        );
+        assert_eq!(after - before, 1.0);
+        drop(intruder);
+
+        let (text, _) = scrape(&metrics).await;
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        let mut check = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
 }

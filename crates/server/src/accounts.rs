@@ -224,10 +224,12 @@ pub async fn authenticate(
     if login.len() > MAX_LOGIN_LEN || presented.len() > MAX_SECRET_LEN {
         state.throttle.failed_address(ip);
         tracing::info!(%ip, login = %text::log(login), login_bytes = login.len(), secret_bytes = presented.len(), "login refused: name or password too long");
+        crate::stats::login("invalid");
         return Err(LoginError::Invalid);
     }
     let account = find(state.storage.as_ref(), login).await.map_err(|e| {
         tracing::error!(error = %e, "login lookup failed");
+        crate::stats::login("error");
         LoginError::Internal
     })?;
     // A name and its e-mail alias share one count: the account's, once it is known.
@@ -243,6 +245,7 @@ pub async fn authenticate(
         }
         Verdict::Refuse(wait) => {
             tracing::info!(%ip, account = %text::log(&key), "login throttled");
+            crate::stats::login("throttled");
             return Err(LoginError::Throttled(wait));
         }
     }
@@ -258,10 +261,12 @@ pub async fn authenticate(
     match account.filter(|_| ok) {
         Some(a) => {
             state.throttle.succeeded(&key, ip);
+            crate::stats::login("ok");
             Ok(a)
         }
         None => {
             state.throttle.failed(&key, ip);
+            crate::stats::login("invalid");
             tracing::info!(%ip, account = %text::log(&key), "login failed");
             Err(LoginError::Invalid)
         }

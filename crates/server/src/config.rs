@@ -65,6 +65,9 @@ pub struct Config {
     pub cluster_name: String,
     /// How long after its last heartbeat a node counts as dead and its endpoints as vanished.
     pub cluster_node_ttl_secs: u64,
+    /// Prometheus `GET /metrics` listener; `None` (the default) turns metrics off. Keep it on
+    /// loopback or a private network: the figures are for the operator.
+    pub metrics_listen: Option<SocketAddr>,
     /// Log lines on standard error: `text` for people, `json` (one object a line) for log shippers.
     pub log_format: LogFormat,
 }
@@ -185,6 +188,7 @@ impl Default for Config {
             cluster_name: "msnp24".to_string(),
             cluster_node_ttl_secs: 10,
             log_format: LogFormat::Text,
+            metrics_listen: None,
         }
     }
 }

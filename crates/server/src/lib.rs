@@ -14,6 +14,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod text;
 pub mod threads;

@@ -28,6 +28,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     /// Where HTTPS listens, if enabled.
     pub https_addr: Option<SocketAddr>,
+    /// Where Prometheus metrics are served, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// PEM file of the TLS certificate in use.
     pub tls_cert_path: Option<std::path::PathBuf>,
     /// PEM file of the local CA clients must trust (absent with an operator's certificate).
@@ -46,7 +48,9 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
     // Certificates live in the data directory whichever database holds the rest.
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", config.data_dir.display()))?;
-    if let Some(url) = config.postgres_url()? {
+    let postgres = config.postgres_url()?;
+    crate::stats::set_backend(postgres.is_some());
+    if let Some(url) = postgres {
         let storage = PostgresStorage::open(url)
             .await
             .map_err(|e| anyhow::anyhow!("opening PostgreSQL storage: {e}"))?;
@@ -100,6 +104,11 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 impl Server {
     /// Opens storage and binds every listener; returns once all are accepting.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        // First, so that nothing counted while starting is lost.
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some((crate::stats::install()?, crate::stats::bind(addr).await?)),
+            None => None,
+        };
         let storage = open_storage(&config).await?;
         let tokens = open_tokens(&config, storage.as_ref()).await?;
         let tls_material = if config.tls_listen.is_some() || config.https_listen.is_some() {
@@ -194,6 +203,15 @@ impl Server {
                 }
             }));
         }
+        let mut metrics_addr = None;
+        if let Some((handle, listener)) = metrics {
+            metrics_addr = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(crate::stats::serve(
+                listener,
+                handle,
+                shutdown_rx.clone(),
+            )));
+        }
         drop(done_tx);
 
         tracing::info!(
@@ -201,6 +219,7 @@ impl Server {
             msnp_tls = %tls_addr.map_or("off".to_string(), |a| a.to_string()),
             http = %http_addr,
             https = %https_addr.map_or("off".to_string(), |a| a.to_string()),
+            metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
             data_dir = %config.data_dir.display(),
             cluster_node = %node_id.as_deref().unwrap_or("none (alone)"),
             "msnp24 listening"
@@ -210,6 +229,7 @@ impl Server {
             tls_addr,
             http_addr,
             https_addr,
+            metrics_addr,
             ca_cert_path: tls_material.as_ref().and_then(|m| m.ca_path.clone()),
             tls_cert_path: tls_material.map(|m| m.cert_path),
             state,

@@ -162,6 +162,11 @@ impl Session {
     async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
         let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
+        match (&outcome, frame.cmd.as_str()) {
+            (Ok(_), "BND") if self.bound().is_some() => crate::stats::handshake(true),
+            (Err(_), "CNT" | "ATH" | "BND") => crate::stats::handshake(false),
+            _ => {}
+        }
         self.hold_to_frame_limit(&frame, &mut out[start..]);
         match outcome {
             Ok(flow) => flow,
@@ -285,6 +290,7 @@ impl Session {
     pub async fn closed(&mut self, vanished: bool) {
         if let Some(bound) = self.bound() {
             let addr = bound.addr();
+            crate::stats::gauge_add(crate::stats::ENDPOINTS_BOUND, -1.0);
             self.state.router.unbind(&addr, self.conn_id).await;
             let linger = vanished && !self.signed_out;
             self.state

@@ -34,6 +34,14 @@ const STATUS_TEXT = { NLN: "Online", AWY: "Away", BSY: "Busy", HDN: "Appear offl
 
 const $ = (id) => document.getElementById(id);
 
+/** The last connection events (no user text), for whoever debugs a session: `msnp24Trace` in the console. */
+const TRACE = [];
+window.msnp24Trace = TRACE;
+function trace(event) {
+  TRACE.push(`${new Date().toISOString()} ${event}`);
+  if (TRACE.length > 100) TRACE.shift();
+}
+
 /** Everything the page knows; rebuilt at each sign-in. */
 let S = null;
 
@@ -220,11 +228,13 @@ function setConn(text) {
 async function connect() {
   const state = S;
   if (!state || state.signedOut) return;
+  trace(`connect attempt ${state.attempt}`);
   state.connected = false;
   setConn(state.attempt === 0 ? "Connecting…" : "Reconnecting…");
   try {
     await loadContactList();
   } catch (e) {
+    trace(`contact list failed: ${e.message}`);
     if (S !== state) return;
     // The services are on the same listener as the gateway: failing here is a dropped network or
     // a restarting server, or a token the server no longer accepts.
@@ -261,10 +271,15 @@ async function connect() {
   try {
     await resync(state, session);
   } catch (e) {
-    if (!(e instanceof SessionEnded)) console.error("resync failed", e);
+    if (e instanceof SessionEnded) return;
+    // A refused request during resync leaves the session half set up: start again.
+    console.error("resync failed", e);
+    $("app-view").dataset.lastEnd = `resync: ${e.message}`;
+    session.end("resync failed");
     return;
   }
   if (S !== state || state.session !== session || session.ended) return;
+  trace(`connected, session ${session.sessionId}`);
   state.attempt = 0;
   state.connected = true;
   setConn("");
@@ -276,6 +291,9 @@ async function connect() {
 function onSessionEnd(reason) {
   const state = S;
   state.connected = false;
+  // Kept on the page for whoever looks at a failing test's screenshot or the DOM.
+  $("app-view").dataset.lastEnd = reason;
+  trace(`session ended: ${reason}`);
   setConn("Connection lost.");
   clearInterval(state.pingTimer);
   if (state.signedOut || reason === "signed out") return;
@@ -608,10 +626,11 @@ async function sendText(text) {
   await deliver(conv, message);
 }
 
-/** Sends a stored message; a message whose send the network ate stays pending for the resend. */
+/** Sends a stored message; one written while disconnected, or whose send the network ate, stays
+ * pending for the resend after the next connect. */
 async function deliver(conv, message) {
   const session = S.session;
-  if (!session || session.ended || !S.connected) return;
+  if (!session || session.ended) return;
   const payload = formatMessage({
     transport: session.transport(),
     to: conv.id,
@@ -1117,9 +1136,8 @@ function renderMessages(forceBottom = false) {
     }),
   );
   $("load-older").hidden = !conv.hasmore;
-  const disabled = conv.left || !S.connected;
   $("compose").disabled = conv.left;
-  $("send").disabled = disabled;
+  $("send").disabled = conv.left;
   if (atBottom || forceBottom) box.scrollTop = box.scrollHeight;
 }
 
@@ -1231,7 +1249,7 @@ function wire() {
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("compose").value;
-    if (!text.trim() || !S.connected) return;
+    if (!text.trim()) return;
     $("compose").value = "";
     sendText(text);
   });

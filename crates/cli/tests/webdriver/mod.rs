@@ -124,6 +124,7 @@ impl Driver {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": options,
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let v = call(
             &self.http,
@@ -209,29 +210,49 @@ impl Browser {
             .ok_or_else(|| anyhow!("bad element reference {v}"))
     }
 
+    /// Finds the element `css` names and sends it these commands (`(path, body)`). The page
+    /// redraws lists as presence and messages arrive, so an element that went stale between
+    /// finding and acting is found again, until [`WAIT`] is up.
+    async fn act(&self, css: &str, commands: &[(&str, Value)]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let attempt = async {
+                let e = self.element(css).await?;
+                for (path, body) in commands {
+                    self.post(&format!("/element/{e}/{path}"), body.clone())
+                        .await?;
+                }
+                anyhow::Ok(())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if Instant::now() < deadline && format!("{e:#}").contains("stale element") =>
+                {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Clicks the element `css` names, as a user would.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        let e = self.element(css).await?;
-        self.post(&format!("/element/{e}/click"), json!({}))
-            .await
-            .map(drop)
+        self.act(css, &[("click", json!({}))]).await
     }
 
     /// Types `text` into the element `css` names (after clearing it); [`ENTER`] presses Enter.
     pub async fn type_into(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        let e = self.element(css).await?;
-        self.post(&format!("/element/{e}/clear"), json!({})).await?;
-        self.post(&format!("/element/{e}/value"), json!({"text": text}))
-            .await
-            .map(drop)
+        self.act(
+            css,
+            &[("clear", json!({})), ("value", json!({"text": text}))],
+        )
+        .await
     }
 
     /// Appends keys to whatever the element `css` names holds.
     pub async fn keys(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        let e = self.element(css).await?;
-        self.post(&format!("/element/{e}/value"), json!({"text": text}))
-            .await
-            .map(drop)
+        self.act(css, &[("value", json!({"text": text}))]).await
     }
 
     /// The text of the element `css` names, or None when there is none.
@@ -356,6 +377,21 @@ where
     if !matches!(outcome, Ok(Ok(()))) {
         for b in &opened {
             let path = screenshot_dir().join(format!("{name}-{}.png", b.label));
+            let state = b
+                .js(
+                    "const a = document.getElementById('app-view'); \
+                     return a ? JSON.stringify({...a.dataset, conn: document.getElementById('conn-state').textContent, \
+                     trace: window.msnp24Trace}) : null;",
+                    json!([]),
+                )
+                .await;
+            eprintln!("{}'s page: {state:?}", b.label);
+            // chromedriver's own log endpoint: what the page wrote to its console.
+            if let Ok(log) = b.post("/se/log", json!({"type": "browser"})).await {
+                for entry in log.as_array().into_iter().flatten() {
+                    eprintln!("{}'s console: {}", b.label, entry["message"]);
+                }
+            }
             match b.screenshot(&path).await {
                 Ok(()) => eprintln!("screenshot of {}'s browser: {}", b.label, path.display()),
                 Err(e) => eprintln!("no screenshot of {}'s browser: {e:#}", b.label),

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use super::keys::Keys;
 use super::{SharedGuard, SharedLocks};
@@ -25,16 +25,16 @@ return 0
 
 /// Locks shared by every node through Redis.
 pub struct RedisLocks {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     release: redis::Script,
 }
 
 impl RedisLocks {
     /// Locks under the cluster's keys.
-    pub fn new(conn: ConnectionManager, keys: Keys) -> RedisLocks {
+    pub fn new(conn: redis::aio::ConnectionManager, keys: Keys) -> RedisLocks {
         RedisLocks {
-            conn,
+            conn: RedisConn(conn),
             keys,
             release: redis::Script::new(RELEASE),
         }
@@ -42,7 +42,7 @@ impl RedisLocks {
 }
 
 struct RedisGuard {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     token: String,
     release: redis::Script,

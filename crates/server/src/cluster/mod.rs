@@ -37,6 +37,43 @@ pub trait SharedLocks: Send + Sync + 'static {
     async fn acquire(&self, key: &str) -> SharedGuard;
 }
 
+/// A Redis connection that counts its failed calls (`msnp24_redis_errors_total`), so every
+/// Redis error of the cluster is counted in one place.
+#[derive(Clone)]
+pub struct RedisConn(redis::aio::ConnectionManager);
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move { counted(self.0.req_packed_command(cmd).await) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move { counted(self.0.req_packed_commands(pipeline, offset, count).await) })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+fn counted<T>(r: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    if let Err(e) = &r {
+        // A script not yet cached is loaded and run again by the script helper: not a failure.
+        if e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+            crate::stats::count(crate::stats::REDIS_ERRORS, 1);
+        }
+    }
+    r
+}
+
 /// Endpoints a dead node had bound, each with its connection id: this node claimed them and must
 /// treat them as connections that vanished.
 pub type Orphans = Vec<(EndpointAddr, u64)>;

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::RedisConn;
 use async_trait::async_trait;
 use msnp24_proto::{AccountName, Epid};
-use redis::aio::ConnectionManager;
 
 use super::keys::Keys;
 use super::SharedLocks;
@@ -28,7 +28,7 @@ return due
 
 /// Presence in Redis.
 pub struct RedisPresenceStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     locks: Arc<dyn SharedLocks>,
     /// Taken before the shared lock, so that changes made on this node wait in memory rather
@@ -40,12 +40,12 @@ pub struct RedisPresenceStore {
 impl RedisPresenceStore {
     /// A store under the cluster's keys, serialised by `locks`.
     pub fn new(
-        conn: ConnectionManager,
+        conn: redis::aio::ConnectionManager,
         keys: Keys,
         locks: Arc<dyn SharedLocks>,
     ) -> RedisPresenceStore {
         RedisPresenceStore {
-            conn,
+            conn: RedisConn(conn),
             keys,
             locks,
             stripes: Stripes::default(),

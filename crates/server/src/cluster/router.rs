@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::RedisConn;
 use async_trait::async_trait;
 use futures::StreamExt;
 use msnp24_proto::{AccountName, Epid, FormattedMessage, Frame};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -293,7 +293,7 @@ fn open(bytes: &[u8]) -> Result<Request, String> {
 struct Shared {
     id: String,
     keys: Keys,
-    conn: ConnectionManager,
+    conn: RedisConn,
     local: LocalRouter,
     /// Nodes whose alive key was found gone: their registrations are ignored.
     dead: RwLock<HashSet<String>>,
@@ -342,6 +342,7 @@ impl Shared {
     fn handle(&self, bytes: &[u8]) {
         match open(bytes) {
             Ok(Request::Deliver(account, filter, item)) => {
+                crate::stats::cluster_delivery(false);
                 self.local.deliver_now(&account, &filter, &item);
             }
             Ok(Request::Kick(addr, conn)) => {
@@ -501,7 +502,7 @@ impl RedisRouter {
     /// nothing published to it is missed) and starts the heartbeat that also reaps dead nodes.
     pub async fn start(
         client: redis::Client,
-        conn: ConnectionManager,
+        conn: redis::aio::ConnectionManager,
         keys: Keys,
         node_ttl: Duration,
         orphans: mpsc::Sender<Orphans>,
@@ -510,7 +511,7 @@ impl RedisRouter {
         let shared = Arc::new(Shared {
             id: id.clone(),
             keys: keys.clone(),
-            conn,
+            conn: RedisConn(conn),
             local: LocalRouter::new(),
             dead: RwLock::default(),
             joined: AtomicBool::new(false),
@@ -707,7 +708,10 @@ impl Router for RedisRouter {
             let bytes = envelope_for(account, &filter, &item);
             for (node, n) in per_node {
                 match s.publish(node, bytes.clone()).await {
-                    Ok(()) => delivered += n,
+                    Ok(()) => {
+                        crate::stats::cluster_delivery(true);
+                        delivered += n
+                    }
                     Err(e) => {
                         tracing::error!(node = %node, error = %e, "publish to another node failed (sync recovers it)")
                     }

@@ -59,6 +59,7 @@ pub async fn bnd(
         old.kick.send_replace(Some(KickReason::OtherLocation));
     }
     tracing::info!(conn = s.conn_id, account = %bound.account, epid = %bound.epid, ver, "endpoint bound");
+    crate::stats::gauge_add(crate::stats::ENDPOINTS_BOUND, 1.0);
     s.phase = Phase::Bound(bound);
     // §0.8: a nonce only when challenges are on; the endpoint must answer it before using MSGR.
     let nonce = s

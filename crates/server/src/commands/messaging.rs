@@ -269,6 +269,7 @@ pub(crate) async fn store_and_answer(
             out.push(with_message_id(reply, stored.message_id));
             return Ok(None);
         }
+        crate::stats::count(crate::stats::MESSAGES_STORED, 1);
         stored.message_id
     };
     let reply = s.reply(frame, Vec::new(), false);

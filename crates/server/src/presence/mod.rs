@@ -310,9 +310,12 @@ impl PresenceService {
             presence_only: true,
             ..DeliveryFilter::default()
         };
-        self.router
+        let n = self
+            .router
             .deliver(to, filter, Outbound::Frame(frame))
-            .await
+            .await;
+        crate::stats::count(crate::stats::PRESENCE_NOTIFICATIONS, n as u64);
+        n
     }
 
     /// The document `view` shows of `account`, or `None` when it is offline to that view.

@@ -107,6 +107,9 @@ impl Router for LocalRouter {
     async fn bind(&self, addr: EndpointAddr, handle: EndpointHandle) -> Option<EndpointHandle> {
         let mut map = self.map();
         let list = map.entry(addr.account).or_default();
+        if list.is_empty() {
+            crate::stats::gauge_add(crate::stats::ACCOUNTS_ONLINE, 1.0);
+        }
         let old = list
             .iter()
             .position(|h| h.info.epid == addr.epid)
@@ -121,6 +124,7 @@ impl Router for LocalRouter {
             list.retain(|h| !(h.conn_id == conn_id && h.info.epid == addr.epid));
             if list.is_empty() {
                 map.remove(&addr.account);
+                crate::stats::gauge_add(crate::stats::ACCOUNTS_ONLINE, -1.0);
             }
         }
     }

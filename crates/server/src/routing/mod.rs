@@ -158,11 +158,15 @@ impl EndpointHandle {
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    conn = self.conn_id,
-                    "outbound queue full; dropping slow connection"
-                );
-                self.kick.send_replace(Some(KickReason::SlowConsumer));
+                crate::stats::count(crate::stats::OUTBOUND_DROPS, 1);
+                let before = self.kick.send_replace(Some(KickReason::SlowConsumer));
+                if before != Some(KickReason::SlowConsumer) {
+                    tracing::warn!(
+                        conn = self.conn_id,
+                        "outbound queue full; dropping slow connection"
+                    );
+                    crate::stats::count(crate::stats::SLOW_READER_KICKS, 1);
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -18,7 +18,7 @@ pub enum StorageError {
     Conflict,
     /// The database failed; the operation had no effect.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Migrations could not be applied.
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -28,6 +28,14 @@ pub enum StorageError {
     /// The write was not committed (its batch failed, or storage is closing).
     #[error("not committed: {0}")]
     NotCommitted(String),
+}
+
+impl From<sqlx::Error> for StorageError {
+    /// Every database failure passes here, so this is where it is counted.
+    fn from(e: sqlx::Error) -> StorageError {
+        crate::stats::database_error();
+        StorageError::Database(e)
+    }
 }
 
 /// Result alias for storage calls.

@@ -117,8 +117,10 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
         // Conversation order is the lock order of every batch (stable: a conversation's messages
         // keep their order), so concurrent batches, on any node, never deadlock on head rows.
         batch.sort_by(|a, b| a.0.conversation.cmp(&b.0.conversation));
+        let started = std::time::Instant::now();
         match try_batch(pool, &batch).await {
             Ok(stored) => {
+                crate::stats::batch_committed(stored.len(), started.elapsed());
                 for ((_, reply), result) in batch.into_iter().zip(stored) {
                     let _ = reply.send(Ok(result));
                 }
@@ -141,10 +143,14 @@ async fn commit_batch(pool: &PgPool, mut batch: Batch) {
         }
     }
     for (message, reply) in batch {
+        let started = std::time::Instant::now();
         let result = match pool.acquire().await {
             Ok(mut conn) => insert_message(&mut conn, message).await,
             Err(e) => Err(e.into()),
         };
+        if result.is_ok() {
+            crate::stats::batch_committed(1, started.elapsed());
+        }
         let _ = reply.send(result);
     }
 }

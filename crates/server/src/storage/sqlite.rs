@@ -175,6 +175,7 @@ enum Unapplied {
 
 async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
     let count = writes.len();
+    let started = std::time::Instant::now();
     // Without a savepoint per write a batch costs two statements per message instead of four;
     // write failures are rare enough to pay for the batch twice when one happens.
     let mut applied: SendFuture<'_, _> = Box::pin(apply_batch(pool, &writes, false));
@@ -201,6 +202,7 @@ async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
     let failure = match tx.commit().await {
         Ok(()) => {
             tracing::trace!(count, "write batch committed");
+            crate::stats::batch_committed(count, started.elapsed());
             None
         }
         Err(e) => {

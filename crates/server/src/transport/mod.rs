@@ -213,6 +213,8 @@ pub async fn serve_connection<C: Connection>(
     let span = tracing::Span::current();
     span.record("conn", id);
     let mut account_logged = false;
+    // Every transport is counted here, the gateway's sessions included.
+    let _open = crate::stats::OpenConnection::new(conn.transport().as_str());
     tracing::info!(conn = id, %peer, transport = conn.transport().as_str(), "connection opened");
     let idle = state.config.idle_timeout();
     // Only whole frames count as activity: a peer trickling bytes of a frame it never finishes
@@ -270,6 +272,7 @@ pub async fn serve_connection<C: Connection>(
                 // Frames the peer pipelined are handled together and answered in one write.
                 while let Some(frame) = next.take() {
                     deadline = Instant::now() + idle;
+                    crate::stats::frame_in(&frame.cmd);
                     tracing::trace!(conn = id, frame = ?String::from_utf8_lossy(&frame.to_bytes()), "recv");
                     if !rate.allow() {
                         tracing::warn!(conn = id, %peer, cmd = %frame.cmd, trid = frame.trid, "frame rate limit exceeded; closing");
@@ -300,6 +303,7 @@ pub async fn serve_connection<C: Connection>(
                 }
                 wbuf.clear();
                 for f in replies.drain(..) {
+                    crate::stats::frame_out(&f.cmd);
                     f.encode_into(&mut wbuf);
                 }
                 trace_sent(id, &wbuf, 0);
@@ -327,6 +331,7 @@ pub async fn serve_connection<C: Connection>(
     if let Some(reason) = end {
         tracing::info!(conn = id, %peer, ?reason, "ending connection");
         if let (Some(text), false) = (reason.out_reason(), torn) {
+            crate::stats::frame_out("OUT");
             let farewell = out_frame(text).to_bytes();
             trace_sent(id, &farewell, 0);
             let _ = tokio::time::timeout(FAREWELL_TIMEOUT, conn.write_batch(&farewell)).await;
@@ -379,8 +384,13 @@ async fn guarded_write<C: Connection>(
 fn encode_outbound(item: &Outbound, session: &mut Session, out: &mut Vec<u8>) {
     let from = out.len();
     match item {
-        Outbound::Frame(f) => f.encode_into(out),
+        Outbound::Frame(f) => {
+            crate::stats::frame_out(&f.cmd);
+            f.encode_into(out)
+        }
         Outbound::Message(d) => {
+            crate::stats::frame_out("SDG");
+            crate::stats::delivered(now_ms() - d.arrival_ms);
             let ack_id = encode_delivery(d, &session.context, out);
             session.note_delivery(ack_id, d.stored.clone());
         }
