@@ -35,7 +35,9 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Log in to a server, optionally send a message, and print what arrives.
+    /// Log in to a server and do what the flags ask (send, contacts, groups, history), then
+    /// exit; with no such flag, or with --listen, stay and print what arrives (pinging to stay
+    /// signed in).
     Client(Box<ClientArgs>),
     /// Load generator: drive a server with many real clients and report the figures.
     Bench(bench::BenchArgs),
@@ -60,6 +62,13 @@ enum AdminCommand {
     },
     /// List what endpoints stored with PUT MSGR\PARTNERS, \OPTIONS and \NETWORKS.
     Settings {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Write a consistent copy of the SQLite database to FILE, safe while the server runs.
+    Backup {
+        /// The copy to write (must not exist yet).
+        file: PathBuf,
         #[command(flatten)]
         dir: DataDir,
     },
@@ -240,7 +249,8 @@ struct ClientArgs {
     /// Password.
     #[arg(long, env = "MSNP24_PASSWORD")]
     password: String,
-    /// Send a message to this account or address (with --message).
+    /// Send a message to this account or address (with --message); exits 0 once the server
+    /// acknowledges it, unless --listen is given.
     #[arg(long, requires = "message")]
     to: Option<String>,
     /// The message text.
@@ -300,12 +310,51 @@ struct ClientArgs {
     /// Messages or conversations fetched per request with --recent and --history (at most 200).
     #[arg(long, default_value_t = 100)]
     pagesize: u32,
-    /// Keep printing what arrives for this many seconds (0: until interrupted).
-    #[arg(long, default_value_t = 0)]
+    /// After doing what the other flags ask, stay signed in and print what arrives until
+    /// interrupted. Without any such flag the client listens anyway; with them it exits 0 once
+    /// each request is acknowledged (a message sent, a contact added…) unless this is given.
+    #[arg(long, conflicts_with = "no_listen")]
+    listen: bool,
+    /// Listen (as --listen) for this many seconds, then sign out (0: until interrupted).
+    #[arg(long, default_value_t = 0, conflicts_with = "no_listen")]
     listen_secs: u64,
-    /// Exit right after sending.
+    /// Never listen: sign out once everything asked is done, even with no other flag.
     #[arg(long)]
     no_listen: bool,
+    /// Seconds between the keep-alive pings of a signed-in client, at most (the server's
+    /// `<wait>` may shorten it; real clients ping every 30–50 s).
+    #[arg(long, default_value_t = 45.0)]
+    keepalive_secs: f64,
+}
+
+impl ClientArgs {
+    /// Whether any flag asks for something to be done (then the client exits when it is done,
+    /// unless asked to listen). Presence alone is not such a request: it lasts only while the
+    /// client is signed in, so `--status` keeps listening.
+    fn has_requests(&self) -> bool {
+        self.to.is_some()
+            || !self.add.is_empty()
+            || !self.allow.is_empty()
+            || !self.decline.is_empty()
+            || !self.block.is_empty()
+            || !self.unblock.is_empty()
+            || !self.remove.is_empty()
+            || self.create_group.is_some()
+            || self.group.is_some()
+            || self.recent
+            || self.history.is_some()
+    }
+
+    /// Whether to stay and print what arrives once everything asked is done.
+    fn listens(&self) -> bool {
+        if self.no_listen {
+            return false;
+        }
+        self.listen
+            || self.listen_secs > 0
+            || !self.has_requests()
+            || (self.status.is_some() || self.mood.is_some())
+    }
 }
 
 fn init_logging(default: &str, format: LogFormat) {
@@ -440,13 +489,19 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        // SIGHUP would end the process by default; the configuration is read at start only, so
+        // a reload is logged and otherwise ignored (docs/operations.md).
+        let mut hup = signal(SignalKind::hangup()).ok();
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+            Ok(mut term) => loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        tracing::warn!("SIGHUP: the configuration is read at start only; restart to apply changes");
+                    }
                 }
-            }
+            },
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
             }
@@ -691,10 +746,64 @@ async fn client_actions(client: &msnp24_client::Client, args: &ClientArgs) -> an
     Ok(())
 }
 
+/// `admin backup`: `VACUUM INTO` a new file, with a progress line at a terminal (bytes written
+/// against the database's size) and nothing but the result when piped.
+async fn backup(file: PathBuf, dir: DataDir) -> anyhow::Result<()> {
+    let config = Config {
+        data_dir: dir.data_dir.clone(),
+        storage: dir.storage.clone(),
+        ..Config::default()
+    };
+    if config.postgres_url()?.is_some() {
+        bail!("the database is PostgreSQL: back it up with pg_dump (docs/operations.md)");
+    }
+    let db = config.database_path();
+    if !db.is_file() {
+        bail!("no database at {}", db.display());
+    }
+    if file.exists() {
+        bail!("{} exists; the backup goes to a new file", file.display());
+    }
+    let total = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} backup {bytes}/{total_bytes} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let copy = msnp24_server::storage::sqlite::backup_into(&db, &file);
+    tokio::pin!(copy);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        tokio::select! {
+            r = &mut copy => break r,
+            _ = tick.tick() => {
+                bar.set_position(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&file);
+        bail!("backup of {} failed: {e}", db.display());
+    }
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backed up {} to {} ({size} bytes)",
+        db.display(),
+        file.display()
+    );
+    Ok(())
+}
+
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     use msnp24_server::commands::messaging::iso_time;
     use msnp24_server::storage::SettingScope;
     match command {
+        AdminCommand::Backup { file, dir } => backup(file, dir).await?,
         AdminCommand::Reports { dir } => {
             let storage = open(&dir).await?;
             let reports = storage.spam_reports().await?;
@@ -744,6 +853,11 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         None => msnp24_client::Client::connect_tcp(args.server).await?,
     };
     let account = name(&args.user)?;
+    let keepalive = Duration::try_from_secs_f64(args.keepalive_secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--keepalive-secs must be a positive number of seconds")?;
+    client.set_keepalive(Some(keepalive));
     client
         .login(account.as_str(), &token.token, &msnp24_client::new_epid())
         .await?;
@@ -769,7 +883,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         }
         println!("{} message(s) with {}", history.len(), address(id));
     }
-    if args.no_listen {
+    if !args.listens() {
         client.sign_out().await?;
         return Ok(());
     }

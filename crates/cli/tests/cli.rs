@@ -253,6 +253,93 @@ fn cert_export_writes_the_ca_in_both_formats() {
     assert!(out.stdout.len() > 300);
 }
 
+/// Waits for `child` to exit, at most `limit`; kills it and fails beyond.
+fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A listening `msnp24 client` pings by itself and is still signed in after three idle timeouts;
+/// a send-only one exits 0 once its message is acknowledged, without being told not to listen.
+#[test]
+fn a_listening_client_outlives_the_idle_timeout_and_a_send_only_one_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for name in ["alice", "bob"] {
+        let out = run(&[
+            "user",
+            "add",
+            name,
+            "--password",
+            "secret1",
+            "--data-dir",
+            d,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let config = dir.path().join("idle.toml");
+    std::fs::write(&config, "idle_timeout_secs = 1\n").unwrap();
+    let (_server, msnp, http) = serve_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    let (server, http) = (
+        format!("127.0.0.1:{msnp}"),
+        format!("http://127.0.0.1:{http}"),
+    );
+    let client = |user: &str, extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["client", "--server", &server, "--http", &http])
+            .args(["--user", user, "--password", "secret1"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut bob = client("bob", &["--listen-secs", "10", "--keepalive-secs", "0.2"])
+        .spawn()
+        .unwrap();
+    let mut bob_out = BufReader::new(bob.stdout.take().unwrap());
+    let mut line = String::new();
+    bob_out.read_line(&mut line).unwrap();
+    assert_eq!(line, "signed in as 8:bob\n");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut alice = client(
+        "alice",
+        &[
+            "--to",
+            "bob",
+            "--message",
+            "past the timeout",
+            "--keepalive-secs",
+            "0.2",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let status = exit_within(&mut alice, Duration::from_secs(60));
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut alice.stdout.take().unwrap(), &mut said).unwrap();
+    assert!(status.success(), "{status:?} {said}");
+    assert!(said.contains("sent to 8:bob (Message-ID "), "{said}");
+
+    let status = exit_within(&mut bob, Duration::from_secs(60));
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut bob_out, &mut seen).unwrap();
+    assert!(status.success(), "{status:?} {seen}");
+    assert!(seen.contains(": past the timeout"), "{seen}");
+    assert!(!seen.contains("signed out by the server"), "{seen}");
+    assert!(!seen.contains("connection closed by the server"), "{seen}");
+}
+
 #[test]
 fn two_clients_exchange_a_message_through_serve() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,6 +25,11 @@ pub use reqwest;
 /// How long `request` waits for a reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest a bound connection goes without a `PNG` by default: real clients ping about every
+/// 30–50 s, well inside the server's idle timeout (180 s by default, §0.9). A shorter `<wait>`
+/// in the server's `PNG` reply shortens it.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(45);
+
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 #[derive(Default)]
@@ -36,12 +41,20 @@ struct Shared {
     closed: bool,
 }
 
-/// One MSNP connection.
-pub struct Client {
+/// What the connection's own tasks (the reader, the keep-alive) share with the [`Client`].
+struct Conn {
     writer: tokio::sync::Mutex<Writer>,
     shared: Arc<Mutex<Shared>>,
     next_trid: AtomicU64,
+}
+
+/// One MSNP connection.
+pub struct Client {
+    conn: Arc<Conn>,
     events: mpsc::UnboundedReceiver<Frame>,
+    /// How often the keep-alive pings at most once bound; `None`: never.
+    keepalive: Option<Duration>,
+    keepalive_task: Option<tokio::task::JoinHandle<()>>,
     /// This endpoint's id, set by [`Client::login`].
     pub epid: String,
     /// The account name, set by [`Client::login`] from the caller.
@@ -187,26 +200,34 @@ impl Client {
         let (events_tx, events) = mpsc::unbounded_channel();
         tokio::spawn(read_loop(reader, shared.clone(), events_tx));
         Client {
-            writer: tokio::sync::Mutex::new(Box::new(writer)),
-            shared,
-            next_trid: AtomicU64::new(1),
+            conn: Arc::new(Conn {
+                writer: tokio::sync::Mutex::new(Box::new(writer)),
+                shared,
+                next_trid: AtomicU64::new(1),
+            }),
             events,
+            keepalive: Some(KEEPALIVE_INTERVAL),
+            keepalive_task: None,
             epid: String::new(),
             account: String::new(),
         }
     }
 
+    /// Sets the longest time between the keep-alive's `PNG`s once the connection is bound
+    /// (default [`KEEPALIVE_INTERVAL`]; a shorter `<wait>` from the server wins), or turns the
+    /// keep-alive off with `None`. Takes effect at the next successful `BND`.
+    pub fn set_keepalive(&mut self, every: Option<Duration>) {
+        self.keepalive = every;
+    }
+
     /// Writes raw bytes (for tests of malformed input).
     pub async fn send_raw(&self, bytes: &[u8]) -> anyhow::Result<()> {
-        let mut w = self.writer.lock().await;
-        w.write_all(bytes).await?;
-        w.flush().await?;
-        Ok(())
+        self.conn.write(bytes).await
     }
 
     /// The next TrID this connection will use.
     pub fn next_trid(&self) -> u64 {
-        self.next_trid.fetch_add(1, Ordering::Relaxed)
+        self.conn.next_trid()
     }
 
     /// Sends a frame without waiting; returns a receiver for its reply.
@@ -216,20 +237,7 @@ impl Client {
         target: &str,
         payload: Vec<u8>,
     ) -> anyhow::Result<(u64, oneshot::Receiver<Frame>)> {
-        let trid = self.next_trid();
-        let (tx, rx) = oneshot::channel();
-        {
-            // Checked under the same lock the reader takes when it ends, so a request sent just
-            // after the close fails now instead of waiting out REPLY_TIMEOUT.
-            let mut shared = lock(&self.shared);
-            if shared.closed {
-                bail!("connection closed");
-            }
-            shared.pending.insert(trid, tx);
-        }
-        self.send_raw(&Frame::new(cmd, trid, target, payload).to_bytes())
-            .await?;
-        Ok((trid, rx))
+        self.conn.send(cmd, target, payload).await
     }
 
     /// Sends a frame and waits for the frame answering its TrID (which may be an error frame).
@@ -254,12 +262,12 @@ impl Client {
 
     /// The last `Set-Registration` the server sent.
     pub fn registration(&self) -> Option<String> {
-        lock(&self.shared).registration.clone()
+        self.conn.registration()
     }
 
     /// Every §0 rule a received frame broke.
     pub fn violations(&self) -> Vec<String> {
-        lock(&self.shared).violations.clone()
+        lock(&self.conn.shared).violations.clone()
     }
 
     /// Runs CNT, ATH and BND pipelined (written in one go) and returns their three replies.
@@ -300,7 +308,7 @@ impl Client {
         ] {
             let trid = self.next_trid();
             let (tx, rx) = oneshot::channel();
-            lock(&self.shared).pending.insert(trid, tx);
+            lock(&self.conn.shared).pending.insert(trid, tx);
             Frame::new(cmd, trid, target, Payload::body(body).encode()).encode_into(&mut wire);
             receivers.push(rx);
         }
@@ -310,9 +318,23 @@ impl Client {
             replies.push(await_reply(rx).await?);
         }
         self.epid = epid.to_string();
+        if replies[2].error_code().is_none() {
+            self.start_keepalive();
+        }
         replies
             .try_into()
             .map_err(|_| anyhow!("three replies expected"))
+    }
+
+    /// Pings in the background while the connection is bound, as real clients do, so a client
+    /// that only listens is not signed out by the server's idle timeout (§0.9).
+    fn start_keepalive(&mut self) {
+        if let Some(task) = self.keepalive_task.take() {
+            task.abort();
+        }
+        if let Some(every) = self.keepalive {
+            self.keepalive_task = Some(tokio::spawn(keep_alive(self.conn.clone(), every)));
+        }
     }
 
     /// Handshake that must succeed, then a messaging subscription.
@@ -342,11 +364,14 @@ impl Client {
 
     /// `PNG CON`.
     pub async fn ping(&self) -> anyhow::Result<Frame> {
-        self.request("PNG", "CON", self.payload(Vec::new())).await
+        self.conn.ping().await
     }
 
     /// `OUT CON`: signs out; the server closes the connection.
     pub async fn sign_out(&self) -> anyhow::Result<()> {
+        if let Some(task) = &self.keepalive_task {
+            task.abort();
+        }
         self.send_raw(&Frame::new("OUT", self.next_trid(), "CON", Vec::new()).to_bytes())
             .await
     }
@@ -354,7 +379,10 @@ impl Client {
     /// Ends the connection without `OUT`, as a client that loses its network does: the server
     /// sees the stream end.
     pub async fn drop_connection(&self) -> anyhow::Result<()> {
-        let mut w = self.writer.lock().await;
+        if let Some(task) = &self.keepalive_task {
+            task.abort();
+        }
+        let mut w = self.conn.writer.lock().await;
         w.shutdown().await?;
         Ok(())
     }
@@ -803,6 +831,89 @@ impl Client {
                 None => bail!("connection closed while waiting"),
             }
         }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The keep-alive holds the writer; without this a dropped client's connection would stay
+        // open, pinging, for as long as the runtime lives.
+        if let Some(task) = self.keepalive_task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Conn {
+    fn next_trid(&self) -> u64 {
+        self.next_trid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn registration(&self) -> Option<String> {
+        lock(&self.shared).registration.clone()
+    }
+
+    async fn write(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(bytes).await?;
+        w.flush().await?;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        cmd: &str,
+        target: &str,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<(u64, oneshot::Receiver<Frame>)> {
+        let trid = self.next_trid();
+        let (tx, rx) = oneshot::channel();
+        {
+            // Checked under the same lock the reader takes when it ends, so a request sent just
+            // after the close fails now instead of waiting out REPLY_TIMEOUT.
+            let mut shared = lock(&self.shared);
+            if shared.closed {
+                bail!("connection closed");
+            }
+            shared.pending.insert(trid, tx);
+        }
+        self.write(&Frame::new(cmd, trid, target, payload).to_bytes())
+            .await?;
+        Ok((trid, rx))
+    }
+
+    async fn ping(&self) -> anyhow::Result<Frame> {
+        let mut headers = Headers::new();
+        if let Some(reg) = self.registration() {
+            headers.push("Registration", reg);
+        }
+        let (_, rx) = self
+            .send(
+                "PNG",
+                "CON",
+                Payload::with_headers(headers, Vec::new()).encode(),
+            )
+            .await?;
+        await_reply(rx).await
+    }
+}
+
+/// The keep-alive: a `PNG` at most every `every`, sooner when the server's `<wait>` says so;
+/// ends when the connection does.
+async fn keep_alive(conn: Arc<Conn>, every: Duration) {
+    let mut delay = every;
+    loop {
+        tokio::time::sleep(delay).await;
+        let Ok(reply) = conn.ping().await else {
+            return;
+        };
+        let wait = reply
+            .parse_payload()
+            .ok()
+            .and_then(|p| xml::Wait::parse(&p.body).ok())
+            .map(|w| Duration::from_secs(u64::from(w.seconds)));
+        // A `<wait>` of 0 would make this spin; a ping a second is the most it asks for.
+        delay = wait.map_or(every, |w| w.max(Duration::from_secs(1)).min(every));
     }
 }
 

@@ -6,9 +6,11 @@ mod common;
 
 use common::*;
 use msnp24_client::{expect_ok, Client, Event};
+use msnp24_proto::xml::contacts::{ContactEntry, ContactList};
 use msnp24_proto::xml::presence_doc::{ServiceDoc, UserDoc};
 use msnp24_proto::xml::presence_query::{PresenceQuery, PresenceResponse};
 use msnp24_proto::{AccountName, FormattedMessage, Frame};
+use msnp24_server::commands::contacts::MAX_LISTED;
 use msnp24_server::presence::{MAX_DOCUMENT_BYTES, MAX_SERVICES};
 use msnp24_server::storage::list_bits::{ALLOW, FORWARD};
 use msnp24_server::storage::ContactUpdate;
@@ -34,6 +36,15 @@ async fn accounts(t: &TestServer, names: &[&str]) {
 /// One signed-in connection of `who`, with a login token issued directly.
 async fn connect(t: &TestServer, who: &str) -> Client {
     sign_in_many(t, &[name(who)]).await.pop().unwrap()
+}
+
+async fn contacts_of(t: &TestServer, who: &str) -> Vec<msnp24_server::storage::Contact> {
+    t.server()
+        .state()
+        .storage
+        .contacts(&name(who))
+        .await
+        .unwrap()
 }
 
 /// Makes `a` and `b` mutual contacts directly in storage.
@@ -221,4 +232,95 @@ async fn nothing_larger_than_the_frame_limit_is_sent() {
     );
     assert_eq!(reply.error_code(), Some(500));
     assert_conformant(&bob);
+}
+
+#[tokio::test]
+async fn a_contact_list_command_is_capped_and_resolved_as_one_batch() {
+    let t = TestServer::start().await;
+    accounts(&t, &["alice"]).await;
+    let pals = make_accounts(&t, "pal", 50).await;
+    let alice = connect(&t, "alice").await;
+    let list = |names: &[String]| {
+        let ml = ContactList {
+            list_bits: FORWARD,
+            contacts: names
+                .iter()
+                .map(|n| ContactEntry {
+                    name: n.clone(),
+                    network: 8,
+                    bits: FORWARD,
+                    services: Vec::new(),
+                })
+                .collect(),
+        };
+        alice.request("PUT", "MSGR\\CONTACTS", alice.payload(ml.to_xml()))
+    };
+
+    // As many names as the cap allows, most of them no account: the accounts among them are added.
+    let mut names: Vec<String> = (0..MAX_LISTED - pals.len())
+        .map(|i| format!("nobody{i}"))
+        .collect();
+    names.extend(pals.iter().map(|p| p.as_str().to_string()));
+    expect_ok(list(&names).await.unwrap()).unwrap();
+    let kept = contacts_of(&t, "alice").await;
+    assert_eq!(kept.len(), pals.len(), "only the accounts are kept");
+    assert!(kept.iter().all(|c| c.bits & FORWARD != 0));
+
+    // One name more is refused (201), and nothing of it is applied.
+    names.push("pal9999".to_string());
+    let refused = list(&names).await.unwrap();
+    assert_eq!(
+        refused.error_code(),
+        Some(201),
+        "{}",
+        refused.payload_lossy()
+    );
+    let kept = contacts_of(&t, "alice").await;
+    assert_eq!(kept.len(), pals.len());
+    alice.ping().await.expect("the connection stays open");
+    assert_conformant(&alice);
+}
+
+#[tokio::test]
+async fn members_cannot_post_messages_typed_as_group_activity() {
+    let t = TestServer::start().await;
+    accounts(&t, &["alice", "bob"]).await;
+    let mut alice = connect(&t, "alice").await;
+    let bob = connect(&t, "bob").await;
+    let thread = alice.create_thread(&["bob"], None).await.unwrap();
+    let forge = |payload: Vec<u8>| bob.request("SDG", "MSGR", payload);
+
+    // Another case of the activity prefix is still activity: only the thread posts it.
+    let lower = bob.message_payload(&thread, "threadactivity/addmember", b"<addmember/>", None);
+    let reply = forge(lower).await.unwrap();
+    assert_eq!(reply.error_code(), Some(208), "{}", reply.payload_lossy());
+
+    // A second Message-Type header behind a harmless first one is refused.
+    let doubled = String::from_utf8(bob.message_payload(&thread, "Text", b"<addmember/>", None))
+        .unwrap()
+        .replace(
+            "Message-Type: Text\r\n",
+            "Message-Type: Text\r\nMessage-Type: ThreadActivity/AddMember\r\n",
+        );
+    let reply = forge(doubled.into_bytes()).await.unwrap();
+    assert_eq!(reply.error_code(), Some(200), "{}", reply.payload_lossy());
+
+    // Neither reached alice: the next message she gets from bob is his plain one.
+    expect_ok(
+        forge(bob.message_payload(&thread, "Text", b"plain", None))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let got = alice
+        .wait_for(WAIT, |f| {
+            f.cmd == "SDG" && !matches!(Event::from_frame(f), Event::Message { from, .. } if from.starts_with("19:"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(Event::from_frame(&got), Event::Message { ref kind, ref text, .. } if kind == "Text" && text == "plain"),
+        "{got:?}"
+    );
+    assert_conformant(&alice);
 }

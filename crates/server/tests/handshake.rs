@@ -307,6 +307,56 @@ async fn trickling_an_unfinished_frame_does_not_keep_a_connection_open() {
     assert!(c.next_event_timeout(WAIT).await.unwrap().is_none());
 }
 
+/// The client library pings by itself once bound (as real clients do every 30–50 s), so a
+/// client that only listens outlives a short idle timeout; with its keep-alive off, the same
+/// client is signed out.
+#[tokio::test]
+async fn a_listening_client_keeps_itself_alive_past_the_idle_timeout() {
+    let t = TestServer::start_with(|c| c.idle_timeout_secs = 1).await;
+    for name in ["alice", "bob", "carol"] {
+        t.add_user(name).await;
+    }
+    let bound = |name: &'static str, keepalive: Option<Duration>| {
+        let t = &t;
+        async move {
+            let token = t.token(name).await;
+            let mut c = t.connect().await;
+            c.set_keepalive(keepalive);
+            c.login(name, &token, &new_epid()).await.unwrap();
+            c
+        }
+    };
+    let mut quiet = bound("carol", None).await;
+    let mut alive = bound("alice", Some(Duration::from_millis(200))).await;
+
+    let out = quiet.next_event_timeout(WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        out.payload,
+        b"\r\n<out><reason>SessionTimeout</reason></out>"
+    );
+
+    // Three idle timeouts pass with nothing to read: no OUT, no close.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = quiet_until.saturating_duration_since(tokio::time::Instant::now());
+        match alive.next_event_timeout(left).await {
+            Err(_) => break,
+            Ok(None) => panic!("the server closed a client that pings"),
+            Ok(Some(f)) => assert_ne!(f.cmd, "OUT", "{f:?}"),
+        }
+    }
+    let bob = bound("bob", Some(Duration::from_millis(200))).await;
+    expect_ok(bob.send_text("8:alice", "still there?").await.unwrap()).unwrap();
+    let got = alive
+        .wait_for(WAIT, |f| {
+            f.cmd == "SDG" && f.payload_lossy().ends_with("still there?")
+        })
+        .await;
+    assert!(got.is_ok(), "{got:?}");
+    assert!(alive.ping().await.unwrap().error_code().is_none());
+    assert_conformant(&alive);
+}
+
 #[tokio::test]
 async fn tls_connection_completes_the_same_handshake() {
     let t = TestServer::start().await;

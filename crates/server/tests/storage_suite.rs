@@ -83,6 +83,7 @@ suite!(
     thread_changes_track_joins_leaves_and_activity,
     secrets_are_created_once,
     acks_are_recorded,
+    contact_names_resolve_in_one_batch,
 );
 
 fn name(n: &str) -> AccountName {
@@ -1095,4 +1096,51 @@ async fn postgres_a_failing_message_does_not_fail_its_batch() {
         .store_message(direct(&n[0], &n[1], "late", t))
         .await
         .is_err());
+}
+
+async fn contact_names_resolve_in_one_batch(s: Arc<dyn Storage>) {
+    let s = s.as_ref();
+    let n = accounts(s, &["alice", "bob", "carol"]).await;
+    s.update_contacts(&[update(&n[0], &n[1], FORWARD, 0)])
+        .await
+        .unwrap();
+    // Two thousand names, most of them no account, answered in the order asked.
+    let mut asked: Vec<AccountName> = (0..1998).map(|i| name(&format!("nobody{i}"))).collect();
+    asked.insert(700, n[2].clone());
+    asked.push(n[1].clone());
+    let rel = s.contact_relations(&n[0], &asked).await.unwrap();
+    let got: Vec<(&str, u32, u32)> = rel
+        .iter()
+        .map(|r| (r.name.as_str(), r.mine, r.theirs))
+        .collect();
+    assert_eq!(got, [("carol", 0, 0), ("bob", FORWARD, 0)]);
+    assert!(s.contact_relations(&n[0], &[]).await.unwrap().is_empty());
+
+    let profile = |email: &str| ProfileUpdate {
+        email: Some(email.to_string()),
+        display_name: None,
+        mood: None,
+    };
+    assert!(s
+        .update_profile(&n[1], &profile("bob@example.com"))
+        .await
+        .unwrap());
+    assert!(s
+        .update_profile(&n[2], &profile("carol@example.com"))
+        .await
+        .unwrap());
+    let emails: Vec<String> = ["BOB@example.com", "nobody@example.com", "carol@EXAMPLE.com"]
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let mut found: Vec<String> = s
+        .accounts_by_email(&emails)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.as_str().to_string())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["bob", "carol"]);
+    assert!(s.accounts_by_email(&[]).await.unwrap().is_empty());
 }

@@ -1,6 +1,8 @@
 //! `PUT MSGR\CONTACTS` and `DEL MSGR\CONTACTS` (§4.1): parse the `<ml>` body, let the contacts
 //! domain apply it, acknowledge.
 
+use std::collections::HashMap;
+
 use msnp24_proto::xml::contacts::ContactList;
 use msnp24_proto::{AccountName, ErrorCode, Frame, Payload};
 
@@ -14,21 +16,38 @@ const NETWORK_SKYPE: u32 = 8;
 /// Network number of Microsoft accounts in `c@t`.
 const NETWORK_MSA: u32 = 1;
 
-/// Resolves one `<c>` to an account name; `None` for names that cannot be an account here.
-async fn resolve(s: &Session, name: &str, network: u32) -> Result<Option<AccountName>, Refusal> {
-    match network {
-        NETWORK_SKYPE => Ok(AccountName::parse(name).ok()),
-        // `1:` names resolve through an account's e-mail alias; an alias no account has is
-        // ignored like any other name that is not an account.
-        NETWORK_MSA => Ok(s
-            .state
-            .storage
-            .account_by_email(name)
-            .await
-            .map_err(internal)?
-            .map(|a| a.name)),
-        _ => Ok(None),
-    }
+/// Most names one command may list: a real client splits its list into commands of ~30 KB,
+/// which even with the shortest entries is well under this.
+pub const MAX_LISTED: usize = 2000;
+
+/// Resolves the listed names to accounts with their bits, in one storage call for the `t="1"`
+/// e-mail aliases; names that cannot be an account here (or no account has as alias) are left out.
+async fn resolve(s: &Session, ml: &ContactList) -> Result<Vec<(AccountName, u32)>, Refusal> {
+    let listed = ml.contacts.iter().filter(|c| c.bits & list_bits::ALL != 0);
+    let emails: Vec<String> = listed
+        .clone()
+        .filter(|c| c.network == NETWORK_MSA)
+        .map(|c| c.name.to_ascii_lowercase())
+        .collect();
+    let by_email: HashMap<String, AccountName> = s
+        .state
+        .storage
+        .accounts_by_email(&emails)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter_map(|a| Some((a.email?, a.name)))
+        .collect();
+    Ok(listed
+        .filter_map(|c| {
+            let name = match c.network {
+                NETWORK_SKYPE => AccountName::parse(&c.name).ok(),
+                NETWORK_MSA => by_email.get(&c.name.to_ascii_lowercase()).cloned(),
+                _ => None,
+            }?;
+            Some((name, c.bits & list_bits::ALL))
+        })
+        .collect())
 }
 
 /// Handles `PUT` (`op` = Put) and `DEL` (`op` = Del) of `MSGR\CONTACTS`.
@@ -44,16 +63,13 @@ pub async fn change(
     };
     let ml = ContactList::parse(&payload.body).map_err(bad_xml)?;
     let listed = ml.contacts.len();
-    let mut entries: Vec<(AccountName, u32)> = Vec::with_capacity(listed);
-    for c in &ml.contacts {
-        let bits = c.bits & list_bits::ALL;
-        if bits == 0 {
-            continue;
-        }
-        if let Some(name) = resolve(s, &c.name, c.network).await? {
-            entries.push((name, bits));
-        }
+    if listed > MAX_LISTED {
+        return Err(Refusal::new(
+            ErrorCode::InvalidParameter,
+            format!("more than {MAX_LISTED} names in one command"),
+        ));
     }
+    let entries = resolve(s, &ml).await?;
     let applied = contacts::apply(&s.state, &owner, op, entries)
         .await
         .map_err(internal)?;

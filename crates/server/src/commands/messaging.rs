@@ -105,6 +105,19 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             "SDG carries a Messaging block",
         ));
     }
+    // The type decides what a message may be (group activity, control); a second one could say
+    // something else to a recipient than to this check.
+    let types = msg
+        .content
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Message-Type"))
+        .count();
+    if types > 1 {
+        return Err(Refusal::new(
+            ErrorCode::Syntax,
+            "more than one Message-Type header",
+        ));
+    }
     let to = msg
         .to()
         .and_then(|t| Mri::parse(t).ok())

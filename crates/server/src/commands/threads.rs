@@ -102,6 +102,9 @@ async fn resolve_members(
 }
 
 /// The `Messaging` headers of a message the thread itself posts.
+/// The type prefix of the messages only a thread posts (§7).
+const ACTIVITY: &str = "ThreadActivity/";
+
 fn activity_headers(message_type: &str) -> Headers {
     Headers::new()
         .with("Messaging", "2.0")
@@ -361,10 +364,12 @@ pub async fn sdg(
             "not a member of this thread",
         ));
     }
-    if msg
-        .message_type()
-        .is_some_and(|t| t.starts_with("ThreadActivity/"))
-    {
+    // Clients compare types without regard to case, so the check does too.
+    if msg.message_type().is_some_and(|t| {
+        t.trim_start()
+            .get(..ACTIVITY.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(ACTIVITY))
+    }) {
         // Only the thread posts these (§0.6); a member cannot forge one.
         return Err(Refusal::new(
             ErrorCode::Forbidden,

@@ -155,6 +155,26 @@ pub struct ContactRelation {
     pub theirs: u32,
 }
 
+/// The relations of those of `others` found (by name: the owner's bits, then theirs), in the
+/// order asked; both backends answer so.
+pub(crate) fn relations_in_order(
+    others: &[AccountName],
+    found: &std::collections::HashMap<String, (u32, u32)>,
+) -> Vec<ContactRelation> {
+    others
+        .iter()
+        .filter_map(|other| {
+            found
+                .get(other.as_str())
+                .map(|&(mine, theirs)| ContactRelation {
+                    name: other.clone(),
+                    mine,
+                    theirs,
+                })
+        })
+        .collect()
+}
+
 /// A contact request the recipient has not answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRequest {
@@ -324,6 +344,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn list_accounts(&self) -> StorageResult<Vec<Account>>;
     /// Looks an account up by its e-mail alias (lower case).
     async fn account_by_email(&self, email: &str) -> StorageResult<Option<Account>>;
+    /// The accounts whose e-mail alias is one of `emails` (any case), in one query, in any order.
+    async fn accounts_by_email(&self, emails: &[String]) -> StorageResult<Vec<Account>>;
     /// Replaces both password hashes and bumps the generation (revoking earlier tokens); false if
     /// there is no such account.
     async fn set_password(

@@ -702,6 +702,15 @@ impl Storage for PostgresStorage {
         row.as_ref().map(account_from_row).transpose()
     }
 
+    async fn accounts_by_email(&self, emails: &[String]) -> StorageResult<Vec<Account>> {
+        let lower: Vec<String> = emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let rows = sqlx::query("SELECT * FROM accounts WHERE email = ANY($1)")
+            .bind(&lower)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(account_from_row).collect()
+    }
+
     async fn set_password(
         &self,
         name: &AccountName,
@@ -806,19 +815,7 @@ impl Storage for PostgresStorage {
             let theirs = stored_bits(row.try_get::<Option<i64>, _>(2)?.unwrap_or(0))?;
             found.insert(name, (mine, theirs));
         }
-        // In the order asked, as the SQLite implementation answers.
-        Ok(others
-            .iter()
-            .filter_map(|other| {
-                found
-                    .get(other.as_str())
-                    .map(|&(mine, theirs)| ContactRelation {
-                        name: other.clone(),
-                        mine,
-                        theirs,
-                    })
-            })
-            .collect())
+        Ok(super::relations_in_order(others, &found))
     }
 
     async fn update_contacts(&self, updates: &[ContactUpdate]) -> StorageResult<Vec<(u32, u32)>> {

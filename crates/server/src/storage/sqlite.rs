@@ -386,7 +386,7 @@ async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
-    serde_json::to_string(value).map_err(|e| StorageError::Corrupt(format!("participants: {e}")))
+    serde_json::to_string(value).map_err(|e| StorageError::Corrupt(format!("JSON parameter: {e}")))
 }
 
 async fn insert_ack(tx: &mut WriteTx, ack: &AckRecord) -> StorageResult<()> {
@@ -409,6 +409,28 @@ async fn insert_ack(tx: &mut WriteTx, ack: &AckRecord) -> StorageResult<()> {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Writes a consistent copy of the database at `db` to `dest` (which must not exist) while a
+/// server may be using it, with `VACUUM INTO`: one read transaction sees one committed state, and
+/// in WAL mode it never blocks the server's writes. (SQLite's online backup API copies in steps and
+/// starts over whenever another connection writes in between, so under a steady stream of
+/// messages a stepped backup may never finish; in one step it is no better than this.)
+pub async fn backup_into(db: &Path, dest: &Path) -> StorageResult<()> {
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StorageError::Corrupt("backup path is not UTF-8".into()))?;
+    let options = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = sqlx::ConnectOptions::connect(&options).await?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(dest)
+        .execute(&mut conn)
+        .await?;
+    sqlx::Connection::close(conn).await?;
+    Ok(())
+}
 
 impl SqliteStorage {
     /// Opens (creating if needed) the database file and applies pending migrations.
@@ -639,6 +661,19 @@ impl Storage for SqliteStorage {
         row.as_ref().map(account_from_row).transpose()
     }
 
+    async fn accounts_by_email(&self, emails: &[String]) -> StorageResult<Vec<Account>> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lower: Vec<String> = emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let rows =
+            sqlx::query("SELECT * FROM accounts WHERE email IN (SELECT value FROM json_each(?))")
+                .bind(to_json(&lower)?)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(account_from_row).collect()
+    }
+
     async fn set_password(
         &self,
         name: &AccountName,
@@ -745,27 +780,29 @@ impl Storage for SqliteStorage {
         owner: &AccountName,
         others: &[AccountName],
     ) -> StorageResult<Vec<ContactRelation>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut out = Vec::with_capacity(others.len());
-        for other in others {
-            let row = sqlx::query(
-                "SELECT (SELECT bits FROM contacts WHERE owner = ?1 AND contact = a.name), \
-                        (SELECT bits FROM contacts WHERE owner = a.name AND contact = ?1) \
-                 FROM accounts a WHERE a.name = ?2",
-            )
-            .bind(owner.as_str())
-            .bind(other.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(row) = row {
-                out.push(ContactRelation {
-                    name: other.clone(),
-                    mine: stored_bits(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))?,
-                    theirs: stored_bits(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))?,
-                });
-            }
+        if others.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One statement for the whole batch: a client lists hundreds of names per command.
+        let names: Vec<&str> = others.iter().map(AccountName::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT a.name, \
+                    (SELECT bits FROM contacts WHERE owner = ?1 AND contact = a.name), \
+                    (SELECT bits FROM contacts WHERE owner = a.name AND contact = ?1) \
+             FROM accounts a WHERE a.name IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(owner.as_str())
+        .bind(to_json(&names)?)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let name: String = row.try_get(0)?;
+            let mine = stored_bits(row.try_get::<Option<i64>, _>(1)?.unwrap_or(0))?;
+            let theirs = stored_bits(row.try_get::<Option<i64>, _>(2)?.unwrap_or(0))?;
+            found.insert(name, (mine, theirs));
+        }
+        Ok(super::relations_in_order(others, &found))
     }
 
     async fn update_contacts(&self, updates: &[ContactUpdate]) -> StorageResult<Vec<(u32, u32)>> {
