@@ -70,6 +70,9 @@ pub struct Session {
     /// The BND challenge nonce this endpoint has yet to answer (§2.4); `None` when challenges are
     /// off or it already answered.
     pub challenge_nonce: Option<String>,
+    /// The login token of the cookie the transport authenticated the current request with (the
+    /// gateway's `X-MSN-Auth: Use-Cookie`, §11), for an `ATH` with `<web-compact-ticket />`.
+    pub cookie_token: Option<String>,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
     /// The last `Registration` token verified for this endpoint, with its expiry (unix seconds):
@@ -103,6 +106,7 @@ impl Session {
             kick,
             signed_out: false,
             challenge_nonce: None,
+            cookie_token: None,
             reg_issued_at: 0,
             verified_registration: None,
             deliveries: VecDeque::new(),
@@ -160,7 +164,6 @@ impl Session {
     }
 
     async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
-        tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
         let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
         match (&outcome, frame.cmd.as_str()) {

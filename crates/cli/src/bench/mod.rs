@@ -1,5 +1,5 @@
-//! `msnp24 bench SCENARIO`: drives a server with many real clients (the client library over TCP or
-//! TLS) and reports throughput, latency percentiles, errors and the server's memory and CPU.
+//! `msnp24 bench SCENARIO`: drives a server with many real clients (the client library over TCP,
+//! TLS or the HTTP gateway) and reports throughput, latency percentiles, errors and the server's memory and CPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use tokio::sync::Mutex;
 mod target;
 
 use target::{
-    make_mutual_contacts, raise_file_limit, settle, sources, Target, TargetArgs, Usage, PASSWORD,
+    make_mutual_contacts, raise_file_limit, settle, sources, Target, TargetArgs, TransportArg,
+    Usage, PASSWORD,
 };
 
 /// `msnp24 bench`.
@@ -224,13 +225,29 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 /// Connects one client over the chosen transport from a given source address.
 struct Connector {
     tls: Option<(tokio_rustls::TlsConnector, Vec<std::net::SocketAddr>)>,
+    /// One HTTP client per source address, and each node's HTTP base URL (`--transport gateway`).
+    gateway: Option<(Vec<msnp24_client::reqwest::Client>, Vec<String>)>,
     msnp: Vec<std::net::SocketAddr>,
     sources: Vec<std::net::IpAddr>,
 }
 
 impl Connector {
     fn new(args: &TargetArgs, target: &Target, clients: usize) -> anyhow::Result<Connector> {
-        let tls = if args.tls {
+        let sources = sources(args, clients);
+        let gateway = if args.transport() == TransportArg::Gateway {
+            let http = sources
+                .iter()
+                .map(|ip| {
+                    msnp24_client::reqwest::Client::builder()
+                        .local_address(*ip)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some((http, target.nodes.iter().map(|n| n.http.clone()).collect()))
+        } else {
+            None
+        };
+        let tls = if args.transport() == TransportArg::Tls {
             let addrs = target
                 .nodes
                 .iter()
@@ -242,14 +259,24 @@ impl Connector {
         };
         Ok(Connector {
             tls,
+            gateway,
             msnp: target.nodes.iter().map(|n| n.msnp).collect(),
-            sources: sources(args, clients),
+            sources,
         })
     }
 
     /// Connects client `i`, to node `i` mod the number of nodes.
     async fn connect(&self, i: usize) -> anyhow::Result<Client> {
         let local = self.sources[i % self.sources.len()];
+        if let Some((http, bases)) = &self.gateway {
+            let options = msnp24_client::gateway::GatewayOptions::default();
+            let http = http[i % http.len()].clone();
+            return Ok(Client::connect_gateway_with(
+                http,
+                &bases[i % bases.len()],
+                options,
+            ));
+        }
         match &self.tls {
             Some((connector, addrs)) => {
                 let addr = addrs[i % addrs.len()];
@@ -285,10 +312,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn transport(args: &TargetArgs) -> &'static str {
-    if args.tls {
-        "tls"
-    } else {
-        "tcp"
+    match args.transport() {
+        TransportArg::Tcp => "tcp",
+        TransportArg::Tls => "tls",
+        TransportArg::Gateway => "gateway",
     }
 }
 
