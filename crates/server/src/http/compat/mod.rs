@@ -51,6 +51,18 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/users/self/contacts/{name}", delete(contacts::remove))
 }
 
+/// The value of the cookie `name` the request carried.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
 /// The host (with its port) the client used if it is one the server answers under
 /// (`Config::accepted_hosts`), else the first of those: never a name the client made up, since
 /// it ends up in the sign-in redirect that carries the tokens.
