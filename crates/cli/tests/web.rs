@@ -235,7 +235,6 @@ async fn wrong_password_and_throttling_are_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
 async fn two_browser_users_add_each_other_and_chat() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob"], "");
@@ -333,7 +332,6 @@ async fn two_browser_users_add_each_other_and_chat() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
 async fn browser_and_client_library_users_exchange_messages_and_presence() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob"], "");
@@ -387,7 +385,6 @@ async fn browser_and_client_library_users_exchange_messages_and_presence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
 async fn group_chat_with_three_members() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob", "carol"], "");
@@ -452,7 +449,6 @@ async fn group_chat_with_three_members() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
 async fn scrolling_back_loads_older_history_pages() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob"], "[send_rate]\nper_second = 0\n");
@@ -520,7 +516,6 @@ async fn scrolling_back_loads_older_history_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
 async fn the_page_reconnects_after_the_server_restarts() {
     let _serial = SERIAL.lock().await;
     let mut site = Site::new(&["alice", "bob"], "");
@@ -575,7 +570,6 @@ async fn the_page_reconnects_after_the_server_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the HTTP gateway (§11), which has not landed yet"]
 async fn two_tabs_share_carbons_and_read_state_and_the_list_is_managed() {
     let _serial = SERIAL.lock().await;
     let site = Site::new(&["alice", "bob", "carol"], "");
