@@ -65,6 +65,13 @@ enum AdminCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Write a consistent copy of the SQLite database to FILE, safe while the server runs.
+    Backup {
+        /// The copy to write (must not exist yet).
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Subcommand)]
@@ -482,13 +489,19 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        // SIGHUP would end the process by default; the configuration is read at start only, so
+        // a reload is logged and otherwise ignored (docs/operations.md).
+        let mut hup = signal(SignalKind::hangup()).ok();
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+            Ok(mut term) => loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        tracing::warn!("SIGHUP: the configuration is read at start only; restart to apply changes");
+                    }
                 }
-            }
+            },
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
             }
@@ -733,10 +746,64 @@ async fn client_actions(client: &msnp24_client::Client, args: &ClientArgs) -> an
     Ok(())
 }
 
+/// `admin backup`: `VACUUM INTO` a new file, with a progress line at a terminal (bytes written
+/// against the database's size) and nothing but the result when piped.
+async fn backup(file: PathBuf, dir: DataDir) -> anyhow::Result<()> {
+    let config = Config {
+        data_dir: dir.data_dir.clone(),
+        storage: dir.storage.clone(),
+        ..Config::default()
+    };
+    if config.postgres_url()?.is_some() {
+        bail!("the database is PostgreSQL: back it up with pg_dump (docs/operations.md)");
+    }
+    let db = config.database_path();
+    if !db.is_file() {
+        bail!("no database at {}", db.display());
+    }
+    if file.exists() {
+        bail!("{} exists; the backup goes to a new file", file.display());
+    }
+    let total = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} backup {bytes}/{total_bytes} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let copy = msnp24_server::storage::sqlite::backup_into(&db, &file);
+    tokio::pin!(copy);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        tokio::select! {
+            r = &mut copy => break r,
+            _ = tick.tick() => {
+                bar.set_position(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&file);
+        bail!("backup of {} failed: {e}", db.display());
+    }
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backed up {} to {} ({size} bytes)",
+        db.display(),
+        file.display()
+    );
+    Ok(())
+}
+
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     use msnp24_server::commands::messaging::iso_time;
     use msnp24_server::storage::SettingScope;
     match command {
+        AdminCommand::Backup { file, dir } => backup(file, dir).await?,
         AdminCommand::Reports { dir } => {
             let storage = open(&dir).await?;
             let reports = storage.spam_reports().await?;

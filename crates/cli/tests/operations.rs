@@ -274,3 +274,159 @@ fn metrics_count_a_scripted_session_and_pass_promtool() {
         );
     });
 }
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let analyze = which("systemd-analyze");
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/msnp24.service"),
+    )
+    .unwrap();
+    for key in [
+        "User=msnp24",
+        "LimitNOFILE=",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=true",
+        "ReadWritePaths=/var/lib/msnp24",
+        "Restart=on-failure",
+        "ExecReload=",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("msnp24.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/msnp24", BIN)).unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // It exits 0 on unknown keys and bad values too, and only says so: any word about the unit fails.
+    assert!(
+        out.status.success() && !stderr.contains("msnp24.service"),
+        "systemd-analyze verify: {stderr}"
+    );
+}
+
+/// A program on PATH; scripts/test installs the ones these tests need.
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{program} not found: run the tests with scripts/test, which installs it")
+        })
+}
+
+#[test]
+fn example_alert_rules_pass_promtool_check_rules() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib/prometheus-alerts.yml");
+    let out = std::process::Command::new(which("promtool"))
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "promtool check rules: {out:?}");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    // Every metric the rules use is one the server exports (docs/operations.md lists them).
+    let stats = include_str!("../../server/src/stats.rs");
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(base) = word.strip_prefix("msnp24_") {
+            let base = base.trim_end_matches("_bucket");
+            assert!(
+                stats.contains(&format!("\"msnp24_{base}\"")),
+                "{word} is not exported"
+            );
+        }
+    }
+}
+
+/// Messages answered before the backup starts.
+const BEFORE_BACKUP: usize = 100;
+
+#[test]
+fn backup_taken_while_serving_keeps_every_acknowledged_message() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("test.toml"),
+        "[send_rate]\nper_second = 0\n",
+    )
+    .unwrap();
+    add_users(dir.path(), &["alice", "bob"]);
+    let restored = tempfile::tempdir().unwrap();
+    std::fs::write(restored.path().join("test.toml"), "").unwrap();
+    let copy = restored.path().join("msnp24.sqlite3");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut server = serve(dir.path());
+    let (before, answered) = rt.block_on(async {
+        let alice = sign_in(&server, "alice").await;
+        let count = Arc::new(AtomicUsize::new(0));
+        let streaming = tokio::spawn(stream(alice, "8:bob", count.clone()));
+        while count.load(Ordering::SeqCst) < BEFORE_BACKUP {
+            assert!(!streaming.is_finished(), "the stream stopped early");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Replies are taken in order, so these are msg 0 .. msg before-1.
+        let before = count.load(Ordering::SeqCst);
+        let (data, target) = (dir.path().to_path_buf(), copy.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(BIN)
+                .args(["admin", "backup"])
+                .arg(&target)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up"));
+        // Piped: no progress drawn.
+        assert!(out.stderr.is_empty(), "{out:?}");
+        let still = count.load(Ordering::SeqCst);
+        assert!(
+            still > before,
+            "the server stopped answering during the backup"
+        );
+        server.kill();
+        (before, streaming.await.unwrap())
+    });
+    drop(server);
+
+    // Restore: the copy, and the token secret beside it, are a data directory.
+    std::fs::copy(
+        dir.path().join("secret.key"),
+        restored.path().join("secret.key"),
+    )
+    .unwrap();
+    let server = serve(restored.path());
+    rt.block_on(async {
+        let bob = sign_in(&server, "bob").await;
+        let history = bob.history("8:alice", None, 200).await.unwrap();
+        let seen: HashMap<&str, u64> = history
+            .iter()
+            .map(|m| (m.content.as_str(), m.message_id))
+            .collect();
+        for i in 0..before {
+            let text = format!("msg {i}");
+            assert_eq!(
+                seen.get(text.as_str()),
+                answered.get(&text),
+                "{text}, acknowledged before the backup, is not in it"
+            );
+        }
+        eprintln!(
+            "acknowledged before the backup {before}, in the backup {}, answered in all {}",
+            history.len(),
+            answered.len()
+        );
+    });
+}

@@ -410,6 +410,28 @@ async fn insert_ack(tx: &mut WriteTx, ack: &AckRecord) -> StorageResult<()> {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Writes a consistent copy of the database at `db` to `dest` (which must not exist) while a
+/// server may be using it, with `VACUUM INTO`: one read transaction sees one committed state, and
+/// in WAL mode it never blocks the server's writes. (SQLite's online backup API copies in steps and
+/// starts over whenever another connection writes in between, so under a steady stream of
+/// messages a stepped backup may never finish; in one step it is no better than this.)
+pub async fn backup_into(db: &Path, dest: &Path) -> StorageResult<()> {
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StorageError::Corrupt("backup path is not UTF-8".into()))?;
+    let options = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = sqlx::ConnectOptions::connect(&options).await?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(dest)
+        .execute(&mut conn)
+        .await?;
+    sqlx::Connection::close(conn).await?;
+    Ok(())
+}
+
 impl SqliteStorage {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub async fn open(path: &Path) -> StorageResult<SqliteStorage> {
