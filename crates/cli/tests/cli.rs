@@ -752,6 +752,23 @@ fn bench_scenarios_run_and_count_what_they_did() {
         relay["latency_ms"]["samples"].as_u64().unwrap() > 0,
         "receivers saw the messages"
     );
+    assert!(
+        relay["server_cpu_us_per_op"].is_f64(),
+        "server CPU per message is reported: {relay}"
+    );
+    assert_eq!(relay["load_average"].as_array().map(Vec::len), Some(2));
+    // Senders at a fixed rate, their ticks staggered: all of them still send.
+    let paced = json(&[
+        "relay",
+        "--pairs",
+        "3",
+        "--rate",
+        "20",
+        "--duration-secs",
+        "1",
+    ]);
+    assert_eq!(paced["errors"], 0);
+    assert!(paced["operations"].as_u64().unwrap() >= 3, "{paced}");
     let reconnect = json(&[
         "reconnect",
         "--concurrency",
@@ -781,6 +798,7 @@ fn bench_scenarios_run_and_count_what_they_did() {
         presence["extra"]["notifications"], 15,
         "every watcher saw every change"
     );
+    assert!(presence["extra"]["server_cpu_us_per_notification"].is_f64());
 }
 
 #[test]

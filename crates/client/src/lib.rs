@@ -1,5 +1,5 @@
 //! The async MSNP24 client library used by the CLI, the tests and the load generator: connect over
-//! TCP or TLS, log in over HTTP, run the pipelined handshake, send commands and await their replies
+//! TCP, TLS or the HTTP gateway, log in over HTTP, run the pipelined handshake, send commands and await their replies
 //! by TrID, and receive everything else as a stream of notifications.
 
 use std::collections::HashMap;
@@ -17,6 +17,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod conformance;
+pub mod gateway;
+
+/// The HTTP client crate the gateway transport takes a client of.
+pub use reqwest;
 
 /// How long `request` waits for a reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +118,15 @@ async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> anyhow::Result<TcpStrea
             } else {
                 TcpSocket::new_v6()?
             };
+            // A bind to port 0 would make the kernel search for a free port at bind time, on
+            // every connect (slow once thousands are open); this defers the choice to connect(),
+            // which only needs the 4-tuple to be unique.
+            #[cfg(target_os = "linux")]
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )?;
             socket.bind(SocketAddr::new(ip, 0))?;
             socket.connect(addr).await
         }
@@ -138,6 +151,26 @@ impl Client {
     /// several 127.0.0.x addresses, each good for about 28,000 ports).
     pub async fn connect_tcp_from(local: IpAddr, addr: SocketAddr) -> anyhow::Result<Client> {
         Ok(Client::from_stream(tcp(addr, Some(local)).await?))
+    }
+
+    /// Connects over the HTTP gateway at `base` (like `http://127.0.0.1:8080`), long polling
+    /// (§11); every method works as over TCP.
+    pub fn connect_gateway(base: &str) -> Client {
+        Client::connect_gateway_with(
+            reqwest::Client::new(),
+            base,
+            gateway::GatewayOptions::default(),
+        )
+    }
+
+    /// Connects over the HTTP gateway with a prepared HTTP client (HTTPS trust, connection pool)
+    /// and options.
+    pub fn connect_gateway_with(
+        http: reqwest::Client,
+        base: &str,
+        options: gateway::GatewayOptions,
+    ) -> Client {
+        Client::from_stream(gateway::connect(http, base, options))
     }
 
     /// Connects over TLS, trusting only the certificates in `ca_pem`.

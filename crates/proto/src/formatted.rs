@@ -116,28 +116,52 @@ impl FormattedMessage {
 
     /// Appends the wire form to `out`, with `Content-Length` set to the body's size.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_with(out, None);
+    }
+
+    /// Appends the wire form with one more content header, `extra`, written right after the
+    /// header named `after` (or after the last one when there is none): a server header added on
+    /// the way out, such as `Skype-Age` after `Original-Arrival-Time`, without copying the message.
+    pub fn encode_into_with(&self, out: &mut Vec<u8>, after: &str, extra: (&str, &str)) {
+        self.encode_with(out, Some((after, extra)));
+    }
+
+    fn encode_with(&self, out: &mut Vec<u8>, extra: Option<(&str, (&str, &str))>) {
+        fn line(out: &mut Vec<u8>, n: &str, v: &str) {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         self.routing.encode_into(out);
         out.extend_from_slice(b"\r\n");
         self.reliability.encode_into(out);
         out.extend_from_slice(b"\r\n");
         let len = self.body.len().to_string();
         let mut wrote_len = false;
-        for (n, v) in self.content.iter() {
+        // The header after which `extra` goes; `None` puts it after the last one.
+        let extra_at = extra.and_then(|(after, _)| {
+            self.content
+                .iter()
+                .position(|(n, _)| n.eq_ignore_ascii_case(after))
+        });
+        for (i, (n, v)) in self.content.iter().enumerate() {
             let v = if n.eq_ignore_ascii_case("Content-Length") {
                 wrote_len = true;
                 len.as_str()
             } else {
                 v
             };
-            out.extend_from_slice(n.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            line(out, n, v);
+            if let (Some((_, (en, ev))), true) = (extra, extra_at == Some(i)) {
+                line(out, en, ev);
+            }
+        }
+        if let (Some((_, (en, ev))), None) = (extra, extra_at) {
+            line(out, en, ev);
         }
         if !wrote_len {
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(len.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            line(out, "Content-Length", &len);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);

@@ -41,6 +41,9 @@ pub struct Config {
     pub token_ttl_secs: u64,
     /// Lifetime of registration tokens (`Set-Registration`), in seconds.
     pub registration_ttl_secs: u64,
+    /// Seconds without any request after which a gateway session ends as a dropped connection
+    /// does (§11, sent as `X-MSN-SessionTimeout`).
+    pub gateway_session_timeout_secs: u64,
     /// Frames each connection may have waiting to be written before it is dropped as too slow.
     pub outbound_queue: usize,
     /// Failed-login throttling.
@@ -177,6 +180,7 @@ impl Default for Config {
             token_ttl_secs: 24 * 3600,
             registration_ttl_secs: 24 * 3600,
             outbound_queue: 256,
+            gateway_session_timeout_secs: 120,
             login_throttle: ThrottleConfig::default(),
             send_rate: SendRateConfig::default(),
             write_rate: SendRateConfig {

@@ -35,6 +35,7 @@ pub struct Server {
     /// PEM file of the local CA clients must trust (absent with an operator's certificate).
     pub ca_cert_path: Option<std::path::PathBuf>,
     state: Arc<AppState>,
+    gateway: Arc<crate::http::gateway::Gateway>,
     storage: Arc<dyn Storage>,
     shutdown: watch::Sender<bool>,
     done_rx: mpsc::Receiver<()>,
@@ -168,10 +169,12 @@ impl Server {
             )));
         }
 
+        let gateway =
+            crate::http::gateway::Gateway::new(state.clone(), shutdown_rx.clone(), done_tx.clone());
         let http = bind(config.http_listen, "HTTP").await?;
         let http_addr = http.local_addr()?;
-        let app =
-            crate::http::routes(state.clone()).into_make_service_with_connect_info::<PeerAddr>();
+        let app = crate::http::routes(state.clone(), gateway.clone())
+            .into_make_service_with_connect_info::<PeerAddr>();
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let result = axum::serve(http, app)
@@ -188,7 +191,7 @@ impl Server {
             https_addr = Some(listener.local_addr()?);
             let tls =
                 tls::TlsListener::spawn(listener, tls::acceptor(material)?, shutdown_rx.clone())?;
-            let app = crate::http::routes(state.clone())
+            let app = crate::http::routes(state.clone(), gateway.clone())
                 .into_make_service_with_connect_info::<PeerAddr>();
             let mut stop = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -230,6 +233,7 @@ impl Server {
             ca_cert_path: tls_material.as_ref().and_then(|m| m.ca_path.clone()),
             tls_cert_path: tls_material.map(|m| m.cert_path),
             state,
+            gateway,
             storage,
             shutdown,
             done_rx,
@@ -240,6 +244,11 @@ impl Server {
     /// The shared state (for tools and tests that inspect the server).
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// The HTTP gateway's sessions (for tests that check its bounds).
+    pub fn gateway(&self) -> &Arc<crate::http::gateway::Gateway> {
+        &self.gateway
     }
 
     /// Stops accepting, sends `OUT` to every client, waits for connections to end (at most 10 s)

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use msnp24_proto::{AccountName, Epid, ErrorCode, Frame, Headers, Payload};
+use msnp24_proto::{AccountName, Epid, ErrorCode, Frame, Payload};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -70,8 +70,14 @@ pub struct Session {
     /// The BND challenge nonce this endpoint has yet to answer (§2.4); `None` when challenges are
     /// off or it already answered.
     pub challenge_nonce: Option<String>,
+    /// The login token of the cookie the transport authenticated the current request with (the
+    /// gateway's `X-MSN-Auth: Use-Cookie`, §11), for an `ATH` with `<web-compact-ticket />`.
+    pub cookie_token: Option<String>,
     /// When the registration token last handed out was issued, unix seconds.
     reg_issued_at: i64,
+    /// The last `Registration` token verified for this endpoint, with its expiry (unix seconds):
+    /// a client repeats the same token on every command, and its HMAC need not be checked again.
+    verified_registration: Option<(String, i64)>,
     /// The latest `Ack-Id`s handed out, with the stored message each names, so an `ACK` can be
     /// recorded against its message.
     deliveries: VecDeque<(String, Option<(String, i64)>)>,
@@ -100,7 +106,9 @@ impl Session {
             kick,
             signed_out: false,
             challenge_nonce: None,
+            cookie_token: None,
             reg_issued_at: 0,
+            verified_registration: None,
             deliveries: VecDeque::new(),
         }
     }
@@ -157,7 +165,6 @@ impl Session {
     }
 
     async fn handle_in_span(&mut self, frame: Frame, out: &mut Vec<Frame>) -> Flow {
-        tracing::trace!(conn = self.conn_id, frame = %String::from_utf8_lossy(&frame.to_bytes()), "recv");
         let start = out.len();
         let outcome = self.check_and_dispatch(&frame, out).await;
         match (&outcome, frame.cmd.as_str()) {
@@ -239,16 +246,24 @@ impl Session {
             ));
         }
         if let (Some(bound), Some(token)) = (self.bound(), payload.headers.get("Registration")) {
-            let claims = self
-                .state
-                .tokens
-                .verify(TokenKind::Registration, token, now_secs())
-                .map_err(|e| Refusal::new(ErrorCode::AuthFailed, format!("registration: {e}")))?;
-            if claims.account != bound.account || claims.epid.as_ref() != Some(&bound.epid) {
-                return Err(Refusal::new(
-                    ErrorCode::AuthFailed,
-                    "registration token names another endpoint",
-                ));
+            let now = now_secs();
+            let known = matches!(&self.verified_registration,
+                Some((t, expires_at)) if t == token && now < *expires_at);
+            if !known {
+                let claims = self
+                    .state
+                    .tokens
+                    .verify(TokenKind::Registration, token, now)
+                    .map_err(|e| {
+                        Refusal::new(ErrorCode::AuthFailed, format!("registration: {e}"))
+                    })?;
+                if claims.account != bound.account || claims.epid.as_ref() != Some(&bound.epid) {
+                    return Err(Refusal::new(
+                        ErrorCode::AuthFailed,
+                        "registration token names another endpoint",
+                    ));
+                }
+                self.verified_registration = Some((token.to_string(), claims.expires_at));
             }
         }
         commands::dispatch(self, frame, &payload, out).await
@@ -257,7 +272,16 @@ impl Session {
     /// A success reply to `request`; once a bound endpoint's registration token is past half its
     /// lifetime (or `force`), the reply carries a fresh one with `UtcTime` and `Context` (§1).
     pub fn reply(&mut self, request: &Frame, body: impl Into<Vec<u8>>, force_token: bool) -> Frame {
-        let mut payload = Payload::body(body);
+        self.reply_with(request, Payload::body(body), force_token)
+    }
+
+    /// [`Session::reply`] with a payload of the handler's: a fresh token's headers follow its own.
+    pub fn reply_with(
+        &mut self,
+        request: &Frame,
+        mut payload: Payload,
+        force_token: bool,
+    ) -> Frame {
         let ttl = self.state.config.registration_ttl_secs as i64;
         let now = now_secs();
         if let Some(bound) = self.bound() {
@@ -272,11 +296,12 @@ impl Session {
                         epid: Some(bound.epid.clone()),
                     },
                 );
-                payload.headers = Headers::new()
-                    .with("UtcTime", now.to_string())
-                    .with("Set-Registration", token)
-                    .with("Registration-Token-Expiry", expires_at.to_string())
-                    .with("Context", self.context.clone());
+                payload.headers.push("UtcTime", now.to_string());
+                payload.headers.push("Set-Registration", token);
+                payload
+                    .headers
+                    .push("Registration-Token-Expiry", expires_at.to_string());
+                payload.headers.push("Context", self.context.clone());
                 self.reg_issued_at = now;
             }
         }

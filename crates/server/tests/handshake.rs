@@ -277,6 +277,36 @@ async fn idle_connection_times_out_with_out() {
     assert!(c.next_event_timeout(WAIT).await.unwrap().is_none());
 }
 
+/// Issue 19 item 9: only whole frames count as activity. A peer trickling the bytes of a frame it
+/// never finishes is idle and is ended like any idle connection, however often a byte arrives.
+#[tokio::test]
+async fn trickling_an_unfinished_frame_does_not_keep_a_connection_open() {
+    let t = TestServer::start_with(|c| c.idle_timeout_secs = 1).await;
+    t.add_user("alice").await;
+    let mut c = t.signed_in("alice").await;
+    // A frame announcing 200 bytes of payload, then one byte every 200 ms for up to 5 s: far
+    // more often than the idle timeout, never a whole frame.
+    c.send_raw(b"PNG 9 CON 200\r\n").await.unwrap();
+    let mut ended = None;
+    for _ in 0..25 {
+        if c.send_raw(b"x").await.is_err() {
+            break;
+        }
+        // A timeout here is the normal case: nothing arrived yet.
+        if let Ok(f) = c.next_event_timeout(Duration::from_millis(200)).await {
+            ended = f;
+            break;
+        }
+    }
+    let out = ended.expect("the trickling connection was never ended");
+    assert_eq!(out.cmd, "OUT");
+    assert_eq!(
+        out.payload,
+        b"\r\n<out><reason>SessionTimeout</reason></out>"
+    );
+    assert!(c.next_event_timeout(WAIT).await.unwrap().is_none());
+}
+
 /// The client library pings by itself once bound (as real clients do every 30–50 s), so a
 /// client that only listens outlives a short idle timeout; with its keep-alive off, the same
 /// client is signed out.

@@ -20,31 +20,6 @@ fn is_presence(f: &Frame) -> bool {
     f.cmd == "NFY" && (f.target == "MSGR\\PUT" || f.target == "MSGR\\DEL")
 }
 
-/// Makes `a` and `b` mutual contacts (watch and allow both ways) directly in storage.
-async fn friends(t: &TestServer, a: &str, b: &str) {
-    let both = FORWARD | ALLOW;
-    let updates = [
-        ContactUpdate {
-            owner: name(a),
-            contact: name(b),
-            set: both,
-            clear: 0,
-        },
-        ContactUpdate {
-            owner: name(b),
-            contact: name(a),
-            set: both,
-            clear: 0,
-        },
-    ];
-    t.server()
-        .state()
-        .storage
-        .update_contacts(&updates)
-        .await
-        .unwrap();
-}
-
 /// Signs in and publishes a status.
 async fn online(t: &TestServer, who: &str, status: &str) -> Client {
     let c = t.signed_in(who).await;

@@ -1,5 +1,5 @@
-//! `msnp24 bench SCENARIO`: drives a server with many real clients (the client library over TCP or
-//! TLS) and reports throughput, latency percentiles, errors and the server's memory and CPU.
+//! `msnp24 bench SCENARIO`: drives a server with many real clients (the client library over TCP,
+//! TLS or the HTTP gateway) and reports throughput, latency percentiles, errors and the server's memory and CPU.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use tokio::sync::Mutex;
 mod target;
 
 use target::{
-    make_mutual_contacts, raise_file_limit, settle, sources, Target, TargetArgs, Usage, PASSWORD,
+    make_mutual_contacts, raise_file_limit, settle, sources, Target, TargetArgs, TransportArg,
+    Usage, PASSWORD,
 };
 
 /// `msnp24 bench`.
@@ -125,6 +126,11 @@ pub struct Report {
     server_before: Option<Usage>,
     server_after: Option<Usage>,
     server_cpu_secs: Option<f64>,
+    /// Server CPU (user + system) per operation, microseconds: the figure that holds when the
+    /// load generator shares the server's cores.
+    server_cpu_us_per_op: Option<f64>,
+    /// `/proc/loadavg`'s 1-minute figure when the run started and ended.
+    load_average: [Option<f64>; 2],
     extra: serde_json::Value,
     notes: Vec<String>,
 }
@@ -154,7 +160,13 @@ impl Report {
             );
         }
         if let Some(cpu) = self.server_cpu_secs {
-            println!("server CPU    {cpu:.2} s");
+            match self.server_cpu_us_per_op {
+                Some(per) => println!("server CPU    {cpu:.2} s, {per:.1} µs per operation"),
+                None => println!("server CPU    {cpu:.2} s"),
+            }
+        }
+        if let [Some(a), Some(b)] = self.load_average {
+            println!("load average  {a:.2} at the start, {b:.2} at the end");
         }
         if self.extra != serde_json::Value::Null {
             println!("extra         {}", self.extra);
@@ -163,6 +175,28 @@ impl Report {
             println!("note          {n}");
         }
     }
+}
+
+/// Fills in the figures derived from others: CPU per operation, the load average at the end.
+fn finish(mut report: Report, load_at_start: Option<f64>) -> Report {
+    report.server_cpu_us_per_op = per_unit(report.server_cpu_secs, report.operations);
+    report.load_average = [load_at_start, load_average()];
+    report
+}
+
+/// The 1-minute load average (the machine is shared: every figure is read beside it).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Microseconds of CPU per unit, for `count` units.
+fn per_unit(cpu_secs: Option<f64>, count: u64) -> Option<f64> {
+    (count > 0).then_some(cpu_secs? * 1e6 / count as f64)
 }
 
 /// CPU seconds the server used between two readings.
@@ -191,13 +225,29 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 /// Connects one client over the chosen transport from a given source address.
 struct Connector {
     tls: Option<(tokio_rustls::TlsConnector, Vec<std::net::SocketAddr>)>,
+    /// One HTTP client per source address, and each node's HTTP base URL (`--transport gateway`).
+    gateway: Option<(Vec<msnp24_client::reqwest::Client>, Vec<String>)>,
     msnp: Vec<std::net::SocketAddr>,
     sources: Vec<std::net::IpAddr>,
 }
 
 impl Connector {
     fn new(args: &TargetArgs, target: &Target, clients: usize) -> anyhow::Result<Connector> {
-        let tls = if args.tls {
+        let sources = sources(args, clients);
+        let gateway = if args.transport() == TransportArg::Gateway {
+            let http = sources
+                .iter()
+                .map(|ip| {
+                    msnp24_client::reqwest::Client::builder()
+                        .local_address(*ip)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some((http, target.nodes.iter().map(|n| n.http.clone()).collect()))
+        } else {
+            None
+        };
+        let tls = if args.transport() == TransportArg::Tls {
             let addrs = target
                 .nodes
                 .iter()
@@ -209,14 +259,24 @@ impl Connector {
         };
         Ok(Connector {
             tls,
+            gateway,
             msnp: target.nodes.iter().map(|n| n.msnp).collect(),
-            sources: sources(args, clients),
+            sources,
         })
     }
 
     /// Connects client `i`, to node `i` mod the number of nodes.
     async fn connect(&self, i: usize) -> anyhow::Result<Client> {
         let local = self.sources[i % self.sources.len()];
+        if let Some((http, bases)) = &self.gateway {
+            let options = msnp24_client::gateway::GatewayOptions::default();
+            let http = http[i % http.len()].clone();
+            return Ok(Client::connect_gateway_with(
+                http,
+                &bases[i % bases.len()],
+                options,
+            ));
+        }
         match &self.tls {
             Some((connector, addrs)) => {
                 let addr = addrs[i % addrs.len()];
@@ -229,6 +289,7 @@ impl Connector {
 
 /// Runs `msnp24 bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let load_at_start = load_average();
     let report = match args.scenario {
         Scenario::Idle { clients, hold_secs } => idle(&args.target, clients, hold_secs).await?,
         Scenario::Reconnect {
@@ -246,15 +307,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             presence(&args.target, watchers, changes).await?
         }
     };
-    report.print(args.target.json);
+    finish(report, load_at_start).print(args.target.json);
     Ok(())
 }
 
 fn transport(args: &TargetArgs) -> &'static str {
-    if args.tls {
-        "tls"
-    } else {
-        "tcp"
+    match args.transport() {
+        TransportArg::Tcp => "tcp",
+        TransportArg::Tls => "tls",
+        TransportArg::Gateway => "gateway",
     }
 }
 
@@ -348,7 +409,9 @@ async fn idle(args: &TargetArgs, clients: usize, hold_secs: u64) -> anyhow::Resu
         latency_ms: Latency::of(&hist),
         server_before: before,
         server_after: after,
-        server_cpu_secs: after.map(|a| a.cpu_secs),
+        server_cpu_secs: cpu_used(before, after),
+        server_cpu_us_per_op: None,
+        load_average: [None, None],
         extra: serde_json::json!({"bound_endpoints": bound, "rss_kib_per_endpoint": per_endpoint}),
         notes,
     })
@@ -435,6 +498,8 @@ async fn reconnect(
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
+        server_cpu_us_per_op: None,
+        load_average: [None, None],
         extra: serde_json::Value::Null,
         notes: vec!["each handshake: TCP (and TLS) connect, pipelined CNT/ATH/BND with an existing token, OUT".into()],
     })
@@ -512,6 +577,8 @@ async fn login(args: &TargetArgs, concurrency: usize, count: usize) -> anyhow::R
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
+        server_cpu_us_per_op: None,
+        load_average: [None, None],
         extra: serde_json::json!({"argon2": "argon2id m=19456 KiB, t=2, p=1"}),
         notes: vec![
             "each login: POST /login (argon2 check), then CNT/ATH/BND, subscriptions, OUT".into(),
@@ -579,8 +646,13 @@ async fn relay(
         let to = format!("8:rl{}", 2 * i + 1);
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();
-            let mut tick = (rate > 0)
-                .then(|| tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate)));
+            // Each sender's ticks are offset by its share of the period, so that the senders
+            // together offer an even stream instead of all sending in the same instant.
+            let mut tick = (rate > 0).then(|| {
+                let period = Duration::from_nanos(1_000_000_000 / rate);
+                let offset = period * i as u32 / pairs as u32;
+                tokio::time::interval_at((epoch + offset).into(), period)
+            });
             while Instant::now() < deadline {
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
@@ -633,6 +705,8 @@ async fn relay(
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
+        server_cpu_us_per_op: None,
+        load_average: [None, None],
         extra: serde_json::json!({"store_ack_latency_ms": Latency::of(&ack)}),
         notes: vec!["operations = SDGs answered (durably stored); latency = send to delivery at the receiver".into()],
     })
@@ -811,7 +885,9 @@ async fn fanout(args: &TargetArgs, members: usize, messages: usize) -> anyhow::R
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
-        extra: serde_json::json!({"deliveries": r.delivered}),
+        server_cpu_us_per_op: None,
+        load_average: [None, None],
+        extra: serde_json::json!({"deliveries": r.delivered, "server_cpu_us_per_delivery": per_unit(cpu_used(before, after), r.delivered)}),
         notes: vec![
             "latency = SDG sent until every member has received it; per_second = deliveries/s"
                 .into(),
@@ -849,7 +925,9 @@ async fn presence(args: &TargetArgs, watchers: usize, changes: usize) -> anyhow:
         server_before: before,
         server_after: after,
         server_cpu_secs: cpu_used(before, after),
-        extra: serde_json::json!({"notifications": r.delivered}),
+        server_cpu_us_per_op: None,
+        load_average: [None, None],
+        extra: serde_json::json!({"notifications": r.delivered, "server_cpu_us_per_notification": per_unit(cpu_used(before, after), r.delivered)}),
         notes: vec!["latency = PUT MSGR\\PRESENCE sent until every watcher has the new document; per_second = notifications/s".into()],
     })
 }

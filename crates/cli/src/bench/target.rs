@@ -46,15 +46,41 @@ pub struct TargetArgs {
     /// The cluster's Redis (`redis://host:port`), with --nodes.
     #[arg(long, env = "MSNP24_ROUTING", global = true)]
     pub routing: Option<String>,
-    /// Connect over TLS.
+    /// Connect over TLS (the same as `--transport tls`).
     #[arg(long, global = true)]
     pub tls: bool,
+    /// How clients reach the server: MSNP over `tcp` or `tls`, or the HTTP `gateway` (§11,
+    /// long polling).
+    #[arg(long, value_enum, global = true)]
+    pub transport: Option<TransportArg>,
     /// How many 127.0.0.x source addresses to spread connections over (0: one per 20,000).
     #[arg(long, default_value_t = 0, global = true)]
     pub sources: usize,
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// How bench clients reach the server.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportArg {
+    /// Plaintext MSNP.
+    Tcp,
+    /// MSNP over TLS.
+    Tls,
+    /// The HTTP gateway, long polling.
+    Gateway,
+}
+
+impl TargetArgs {
+    /// The transport asked for (`--tls` or `--transport`; plaintext TCP by default).
+    pub fn transport(&self) -> TransportArg {
+        if self.tls {
+            TransportArg::Tls
+        } else {
+            self.transport.unwrap_or(TransportArg::Tcp)
+        }
+    }
 }
 
 /// One server process to drive.

@@ -16,9 +16,14 @@ pub async fn ath(
     out: &mut Vec<Frame>,
 ) -> Outcome {
     let user = AuthUser::parse(&payload.body).map_err(bad_xml)?;
-    // The first credential that is one of our live login tokens wins (§2.2).
+    // The first credential that is one of our live login tokens wins (§2.2). A web ticket on a
+    // gateway request that asked to use its cookie stands for the cookie's token (§11).
+    let mut credentials = user.credentials();
+    if let (Some(_), Some(cookie)) = (&user.web_compact_ticket, &s.cookie_token) {
+        credentials.insert(0, cookie.clone());
+    }
     let mut account = None;
-    for credential in user.credentials() {
+    for credential in credentials {
         match s
             .state
             .verify_account_token(TokenKind::Login, &credential)

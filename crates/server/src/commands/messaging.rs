@@ -10,7 +10,7 @@ use super::{internal, Flow, Outcome, Refusal};
 use crate::routing::{Delivery, DeliveryFilter, Outbound};
 use crate::session::{Bound, Session};
 use crate::state::now_ms;
-use crate::storage::{conversation_key, AckRecord, NewMessage, Participant};
+use crate::storage::{conversation_key, AckRecord, DirectOutcome, NewMessage, Participant};
 
 /// Headers the server writes itself; a client's copies are dropped so they cannot be forged.
 const SERVER_HEADERS: [&str; 7] = [
@@ -126,36 +126,30 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
         return super::threads::sdg(s, frame, &bound, msg, &to, out).await;
     }
     let recipient = recipient_account(s, &to).await?;
-    if recipient != bound.account
-        && s.state
-            .storage
+    let sender_mri = bound.account.mri();
+    let to_text = recipient.mri().to_string();
+    let arrival_ms = now_ms();
+    // A stored message has its recipient and blocks checked by the store, in the same step as the
+    // write; a control message (typing…) is not stored, so it reads them here.
+    if is_control(&msg) && recipient != bound.account {
+        let storage = &s.state.storage;
+        if storage
             .account(&recipient)
             .await
             .map_err(internal)?
             .is_none()
-    {
-        return Err(Refusal::new(
-            ErrorCode::InvalidParameter,
-            "unknown recipient",
-        ));
-    }
-    let sender_mri = bound.account.mri();
-    let to_text = recipient.mri().to_string();
-    let arrival_ms = now_ms();
-
-    // Blocking is silent (§5): the sender gets the normal reply, and nothing is stored (the
-    // shared history would show it to the recipient) or delivered to anyone.
-    if recipient != bound.account
-        && s.state
-            .storage
+        {
+            return Err(unknown_recipient());
+        }
+        if storage
             .is_blocked(&bound.account, &recipient)
             .await
             .map_err(internal)?
-    {
-        tracing::debug!(conn = s.conn_id, to = %to_text, "SDG between blocked accounts dropped");
-        let reply = s.reply(frame, Vec::new(), false);
-        out.push(with_message_id(reply, arrival_ms));
-        return Ok(Flow::Continue);
+        {
+            tracing::debug!(conn = s.conn_id, to = %to_text, "SDG between blocked accounts dropped");
+            out.push(message_id_reply(s, frame, arrival_ms));
+            return Ok(Flow::Continue);
+        }
     }
 
     let conversation = conversation_key(&sender_mri.to_string(), &to_text);
@@ -174,6 +168,7 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
         conversation,
         participants,
         arrival_ms,
+        direct: Some(recipient.clone()),
     };
     let Some((delivery, message_id)) =
         store_and_answer(s, frame, &bound, msg, outgoing, out).await?
@@ -218,6 +213,19 @@ pub(crate) struct Outgoing {
     pub participants: Vec<Participant>,
     /// Arrival time, unix ms.
     pub arrival_ms: i64,
+    /// The recipient of a one-to-one message: the store checks that it exists and that neither
+    /// party blocks the other. Blocking is silent (§5): the sender gets the normal reply, and
+    /// nothing is stored (the shared history would show it to the recipient) or delivered.
+    pub direct: Option<AccountName>,
+}
+
+fn unknown_recipient() -> Refusal {
+    Refusal::new(ErrorCode::InvalidParameter, "unknown recipient")
+}
+
+/// `Control/*` messages (typing, clear typing…) are delivered, never stored.
+fn is_control(msg: &FormattedMessage) -> bool {
+    msg.message_type().unwrap_or("Text").starts_with("Control/")
 }
 
 /// Stores a chat message and answers its `SDG` with the `Message-ID`, then returns what to
@@ -237,6 +245,7 @@ pub(crate) async fn store_and_answer(
         conversation,
         participants,
         arrival_ms,
+        direct,
     } = outgoing;
     let sender_mri = bound.account.mri();
     let message_type = msg.message_type().unwrap_or("Text").to_string();
@@ -249,44 +258,54 @@ pub(crate) async fn store_and_answer(
             routing.push(n, v);
         }
     }
-    let is_control = message_type.starts_with("Control/");
+    let is_control = is_control(&msg);
     let message_id = if is_control {
         arrival_ms
     } else {
         let mut stored_headers = Vec::new();
         msg.content.encode_into(&mut stored_headers);
-        let stored = s
-            .state
-            .storage
-            .store_message(NewMessage {
-                conversation: conversation.clone(),
-                participants,
-                sender: sender_mri.to_string(),
-                sender_epid: bound.epid.to_string(),
-                recipient: to,
-                client_message_id: msg.content.get("Client-Message-ID").map(str::to_string),
-                message_type,
-                headers: String::from_utf8_lossy(&stored_headers).into_owned(),
-                content: msg.body.clone(),
-                arrival_ms,
-            })
-            .await
-            .map_err(internal)?;
+        let message = NewMessage {
+            conversation: conversation.clone(),
+            participants,
+            sender: sender_mri.to_string(),
+            sender_epid: bound.epid.to_string(),
+            recipient: to,
+            client_message_id: msg.content.get("Client-Message-ID").map(str::to_string),
+            message_type,
+            headers: String::from_utf8_lossy(&stored_headers).into_owned(),
+            content: msg.body.clone(),
+            arrival_ms,
+        };
+        let storage = &s.state.storage;
+        let stored = match &direct {
+            None => storage.store_message(message).await.map_err(internal)?,
+            Some(recipient) => match storage
+                .store_direct_message(message, &bound.account, recipient)
+                .await
+                .map_err(internal)?
+            {
+                DirectOutcome::Stored(stored) => *stored,
+                DirectOutcome::UnknownRecipient => return Err(unknown_recipient()),
+                DirectOutcome::Blocked => {
+                    tracing::debug!(conn = s.conn_id, %recipient, "SDG between blocked accounts dropped");
+                    out.push(message_id_reply(s, frame, arrival_ms));
+                    return Ok(None);
+                }
+            },
+        };
         if stored.duplicate {
             tracing::debug!(
                 conn = s.conn_id,
                 id = stored.message_id,
                 "retry of a stored message; not delivered again"
             );
-            let reply = s.reply(frame, Vec::new(), false);
-            out.push(with_message_id(reply, stored.message_id));
+            out.push(message_id_reply(s, frame, stored.message_id));
             return Ok(None);
         }
         crate::stats::count(crate::stats::MESSAGES_STORED, 1);
         stored.message_id
     };
-    let reply = s.reply(frame, Vec::new(), false);
-    out.push(with_message_id(reply, message_id));
+    out.push(message_id_reply(s, frame, message_id));
     let delivery = Arc::new(Delivery {
         message: FormattedMessage {
             routing,
@@ -300,14 +319,13 @@ pub(crate) async fn store_and_answer(
     Ok(Some((delivery, message_id)))
 }
 
-/// Puts `Message-ID` first in a reply's header block.
-pub(crate) fn with_message_id(mut reply: Frame, message_id: i64) -> Frame {
-    let mut payload = Payload::parse(&reply.payload).unwrap_or_default();
-    let mut headers = Headers::new().with("Message-ID", message_id.to_string());
-    headers.0.extend(payload.headers.0);
-    payload.headers = headers;
-    reply.payload = payload.encode();
-    reply
+/// The reply to an `SDG`: `Message-ID` first in its header block, built once.
+fn message_id_reply(s: &mut Session, request: &Frame, message_id: i64) -> Frame {
+    let payload = Payload {
+        headers: Headers::new().with("Message-ID", message_id.to_string()),
+        body: Vec::new(),
+    };
+    s.reply_with(request, payload, false)
 }
 
 /// Handles `ACK MSGR`: the endpoint acknowledges a delivery by its `Ack-Id`; the acknowledgement

@@ -390,6 +390,7 @@ pub async fn sdg(
             })
             .collect(),
         arrival_ms: now_ms(),
+        direct: None,
     };
     let Some((delivery, message_id)) =
         store_and_answer(s, frame, bound, msg, outgoing, out).await?

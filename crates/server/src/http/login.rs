@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -87,5 +87,10 @@ pub async fn login(
     };
     let (token, expires_at) = state.issue(TokenKind::Login, &account, state.config.token_ttl_secs);
     tracing::info!(%peer, account = %account.name, "login token issued");
-    Json(LoginResponse { token, expires_at }).into_response()
+    // The gateway's `X-MSN-Auth: Use-Cookie` sign-in uses the cookie (§11).
+    (
+        [(header::SET_COOKIE, super::gateway::auth_cookie(&token))],
+        Json(LoginResponse { token, expires_at }),
+    )
+        .into_response()
 }

@@ -1,5 +1,5 @@
-//! The HTTP listener: `POST /login`, `GET /healthz`, the compatibility services and the web
-//! messenger at `/`.
+//! The HTTP and HTTPS listeners: `POST /login`, `GET /healthz`, the compatibility services, the
+//! gateway and the web messenger at `/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,17 +13,20 @@ use tokio::net::TcpListener;
 use crate::state::AppState;
 
 pub mod compat;
+pub mod gateway;
 pub mod login;
 pub mod web;
 
-/// The HTTP routes.
-pub fn routes(state: Arc<AppState>) -> Router {
+/// The HTTP routes; `gateway` is shared by every listener, so a session opened on one may be
+/// continued on another.
+pub fn routes(state: Arc<AppState>, gateway: Arc<gateway::Gateway>) -> Router {
     Router::new()
         .route("/login", post(login::login))
         .route("/healthz", get(healthz))
         .merge(compat::routes())
         .merge(web::routes())
         .with_state(state)
+        .merge(gateway.routes())
 }
 
 /// The client's address, for throttling; the same type serves the HTTP and HTTPS listeners.

@@ -47,17 +47,15 @@ impl LocalRouter {
         filter: &DeliveryFilter,
         item: &Outbound,
     ) -> usize {
-        let targets: Vec<EndpointHandle> = self
-            .map()
-            .get(account)
-            .map(|l| {
-                l.iter()
-                    .filter(|h| filter.accepts(&h.info))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        targets.iter().filter(|h| h.send(item.clone())).count()
+        // Queued under the lock: a send never waits (a full queue ends its connection instead),
+        // and copying each endpoint's handle out first cost more than the sends.
+        let map = self.map();
+        let Some(list) = map.get(account) else {
+            return 0;
+        };
+        list.iter()
+            .filter(|h| filter.accepts(&h.info) && h.send(item.clone()))
+            .count()
     }
 
     /// Tells one connection to end, if it is still bound here.

@@ -19,6 +19,9 @@ pub enum StorageError {
     /// The database failed; the operation had no effect.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// The SQLite writer's own connection failed; the operation had no effect.
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
     /// Migrations could not be applied.
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -35,6 +38,14 @@ impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> StorageError {
         crate::stats::database_error();
         StorageError::Database(e)
+    }
+}
+
+impl From<rusqlite::Error> for StorageError {
+    /// The SQLite writer's failures are counted with the others.
+    fn from(e: rusqlite::Error) -> StorageError {
+        crate::stats::database_error();
+        StorageError::Sqlite(e)
     }
 }
 
@@ -118,6 +129,17 @@ pub struct StoredMessage {
     pub message: NewMessage,
     /// True when this was a retry of an already stored message.
     pub duplicate: bool,
+}
+
+/// What became of a one-to-one message offered with [`Storage::store_direct_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectOutcome {
+    /// Stored (or a retry of a stored message: its first copy, marked `duplicate`).
+    Stored(Box<StoredMessage>),
+    /// The recipient is not an account; nothing was stored.
+    UnknownRecipient,
+    /// One of the two blocks the other; nothing was stored.
+    Blocked,
 }
 
 /// The list bits of a contact-list row (§4.1). One place for these numbers: the wire, the domain
@@ -365,6 +387,27 @@ pub trait Storage: Send + Sync + 'static {
     async fn remove_account(&self, name: &AccountName) -> StorageResult<bool>;
     /// Stores a message durably (a retry with the same client message id returns the first copy).
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage>;
+    /// Stores a one-to-one message from `sender` to `recipient` if the recipient is an account and
+    /// neither blocks the other (the checks are skipped when they are the same account). A backend
+    /// may make the checks where it makes the write, in the same step; this one reads first.
+    async fn store_direct_message(
+        &self,
+        message: NewMessage,
+        sender: &AccountName,
+        recipient: &AccountName,
+    ) -> StorageResult<DirectOutcome> {
+        if sender != recipient {
+            if self.account(recipient).await?.is_none() {
+                return Ok(DirectOutcome::UnknownRecipient);
+            }
+            if self.is_blocked(sender, recipient).await? {
+                return Ok(DirectOutcome::Blocked);
+            }
+        }
+        Ok(DirectOutcome::Stored(Box::new(
+            self.store_message(message).await?,
+        )))
+    }
     /// Messages of a conversation, oldest first (for tests and tools).
     async fn conversation_messages(&self, conversation: &str) -> StorageResult<Vec<StoredMessage>>;
     /// An account's contact list, by contact name.

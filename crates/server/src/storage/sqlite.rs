@@ -12,26 +12,15 @@ use msnp24_proto::AccountName;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     list_bits, Account, AckRecord, Contact, ContactRelation, ContactUpdate, ConversationSummary,
-    NewMessage, PendingRequest, ProfileUpdate, RecentPosition, Setting, SettingScope, SpamReport,
-    Storage, StorageError, StorageResult, StoredMessage, ThreadChange, ThreadMember, ThreadRecord,
+    DirectOutcome, NewMessage, PendingRequest, ProfileUpdate, RecentPosition, Setting,
+    SettingScope, SpamReport, Storage, StorageError, StorageResult, StoredMessage, ThreadChange,
+    ThreadMember, ThreadRecord,
 };
-
-/// A boxed `Send` future. The writer's steps are boxed one by one, where their lifetimes are
-/// concrete: otherwise the compiler cannot prove sqlx's executor bounds for the spawned task.
-type SendFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// Runs one statement in the writer's transaction.
-fn exec<'a>(tx: &'a mut WriteTx, sql: &'static str) -> SendFuture<'a, Result<(), sqlx::Error>> {
-    Box::pin(async move { sqlx::query(sql).execute(&mut **tx).await.map(|_| ()) })
-}
-
-/// The writer's open transaction.
-type WriteTx = Transaction<'static, Sqlite>;
 
 /// Most writes committed by one transaction; a larger queue waits for the next one.
 const MAX_BATCH: usize = 512;
@@ -68,19 +57,40 @@ const THREAD_STATE: &str = "SELECT t.id, t.creator, t.topic, t.version,
 /// A write for the group-commit writer, with where to send its outcome once its batch committed.
 enum Write {
     Message(NewMessage, oneshot::Sender<StorageResult<StoredMessage>>),
+    /// A one-to-one message, stored only if its recipient exists and neither party blocks the
+    /// other: checked by the writer in the batch's transaction, so no read crosses threads first.
+    Direct(
+        NewMessage,
+        DirectParties,
+        oneshot::Sender<StorageResult<DirectOutcome>>,
+    ),
     Ack(AckRecord, oneshot::Sender<StorageResult<()>>),
+    Thread(
+        Box<ThreadChange>,
+        oneshot::Sender<StorageResult<Vec<StoredMessage>>>,
+    ),
     /// Finish what is queued, then stop.
     Stop(oneshot::Sender<()>),
 }
 
+/// The sender and the recipient of a [`Write::Direct`].
+struct DirectParties {
+    sender: AccountName,
+    recipient: AccountName,
+}
+
 /// What a write did inside its batch: answered only after the batch's commit.
 enum Outcome {
+    /// A direct message refused by its checks: nothing written.
+    Refused(DirectOutcome),
     /// A new message under this id.
     Stored(i64),
     /// A retry of a message already stored: its first copy.
     Duplicate(Box<StoredMessage>),
     /// An acknowledgement recorded.
     Acked,
+    /// A thread change applied, with its activity messages as stored.
+    Thread(Vec<StoredMessage>),
 }
 
 /// Sends a write its outcome, or `failure` instead when its batch did not commit.
@@ -98,7 +108,31 @@ fn answer(w: Write, outcome: StorageResult<Outcome>, failure: Option<&str>) {
                     duplicate: false,
                 }),
                 Outcome::Duplicate(first) => Ok(*first),
-                Outcome::Acked => Err(StorageError::Corrupt("a message answered as an ack".into())),
+                Outcome::Acked | Outcome::Refused(_) | Outcome::Thread(_) => {
+                    Err(StorageError::Corrupt("a message answered as an ack".into()))
+                }
+            }));
+        }
+        Write::Direct(message, _, tx) => {
+            let _ = tx.send(outcome.and_then(|o| match o {
+                Outcome::Stored(message_id) => Ok(DirectOutcome::Stored(Box::new(StoredMessage {
+                    message_id,
+                    message,
+                    duplicate: false,
+                }))),
+                Outcome::Duplicate(first) => Ok(DirectOutcome::Stored(first)),
+                Outcome::Refused(refused) => Ok(refused),
+                Outcome::Acked | Outcome::Thread(_) => {
+                    Err(StorageError::Corrupt("a message answered as an ack".into()))
+                }
+            }));
+        }
+        Write::Thread(_, tx) => {
+            let _ = tx.send(outcome.and_then(|o| match o {
+                Outcome::Thread(stored) => Ok(stored),
+                _ => Err(StorageError::Corrupt(
+                    "a thread change answered as another write".into(),
+                )),
             }));
         }
         Write::Ack(_, tx) => {
@@ -114,14 +148,31 @@ fn writer_gone() -> StorageError {
     StorageError::NotCommitted("storage is closed".into())
 }
 
-/// The single writer: takes every write already queued (up to [`MAX_BATCH`]) into one
-/// transaction, commits it with one fsync, and only then answers each caller. While a batch
-/// commits, new writes queue up, so the batch size follows the load without any added delay.
-async fn run_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
+/// Opens the writer's own connection to the file (after the pool created and migrated it), with
+/// the same durability settings: WAL, and an fsync on every commit.
+fn open_writer(path: &Path) -> StorageResult<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // Every statement the writer runs is prepared once and kept.
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(conn)
+}
+
+/// The single writer, on a thread of its own that owns its connection: it sleeps until a write
+/// arrives, takes every write already queued (up to [`MAX_BATCH`]) into one transaction, commits
+/// it with one fsync, and only then answers each caller. While a batch commits, new writes queue
+/// up without waking it, so the batch size follows the load without any added delay, and each
+/// batch costs one wake-up instead of a hand-off per statement.
+fn run_writer(conn: rusqlite::Connection, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stop: Option<oneshot::Sender<()>> = None;
     while stop.is_none() {
-        let Some(first) = rx.recv().await else { break };
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -137,18 +188,25 @@ async fn run_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>) {
             }
         }
         if !writes.is_empty() {
-            // Boxed as `Send` here, where the lifetimes are concrete: the compiler cannot prove the
-            // executor bounds of sqlx's transaction for the spawned task's future otherwise.
-            let batch: SendFuture<'_, ()> = Box::pin(commit_batch(&pool, writes));
-            batch.await;
+            commit_batch(&conn, writes);
         }
     }
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "WAL checkpoint at close failed; the log is kept");
+    }
+    drop(conn);
     if let Some(tx) = stop {
         // Writes queued after the stop request are refused rather than left waiting.
         rx.close();
         while let Ok(w) = rx.try_recv() {
             match w {
                 Write::Message(_, tx) => {
+                    let _ = tx.send(Err(writer_gone()));
+                }
+                Write::Direct(_, _, tx) => {
+                    let _ = tx.send(Err(writer_gone()));
+                }
+                Write::Thread(_, tx) => {
                     let _ = tx.send(Err(writer_gone()));
                 }
                 Write::Ack(_, tx) => {
@@ -173,19 +231,17 @@ enum Unapplied {
     Savepoint,
 }
 
-async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
+fn commit_batch(conn: &rusqlite::Connection, writes: Vec<Write>) {
     let count = writes.len();
     let started = std::time::Instant::now();
     // Without a savepoint per write a batch costs two statements per message instead of four;
     // write failures are rare enough to pay for the batch twice when one happens.
-    let mut applied: SendFuture<'_, _> = Box::pin(apply_batch(pool, &writes, false));
-    let mut result = applied.await;
+    let mut result = apply_batch(conn, &writes, false);
     if matches!(result, Err(Unapplied::Write)) {
         tracing::warn!(count, "a write failed; retrying its batch write by write");
-        applied = Box::pin(apply_batch(pool, &writes, true));
-        result = applied.await;
+        result = apply_batch(conn, &writes, true);
     }
-    let (tx, outcomes) = match result {
+    let outcomes = match result {
         Ok(done) => done,
         Err(why) => {
             let msg = match why {
@@ -199,7 +255,7 @@ async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
             return;
         }
     };
-    let failure = match tx.commit().await {
+    let failure = match conn.execute_batch("COMMIT") {
         Ok(()) => {
             tracing::trace!(count, "write batch committed");
             crate::stats::batch_committed(count, started.elapsed());
@@ -207,6 +263,7 @@ async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
         }
         Err(e) => {
             tracing::error!(error = %e, count, "write batch not committed");
+            roll_back(conn);
             Some(e.to_string())
         }
     };
@@ -215,33 +272,43 @@ async fn commit_batch(pool: &SqlitePool, writes: Vec<Write>) {
     }
 }
 
-/// Applies every write in one open transaction and returns it uncommitted with each write's
+/// Applies every write in one open transaction and leaves it uncommitted, returning each write's
 /// outcome. With `isolate`, each write runs in its own savepoint so that one failing write does
 /// not take the others down; without, the first failure rolls everything back.
-async fn apply_batch(
-    pool: &SqlitePool,
+fn apply_batch(
+    conn: &rusqlite::Connection,
     writes: &[Write],
     isolate: bool,
-) -> Result<(WriteTx, Vec<StorageResult<Outcome>>), Unapplied> {
+) -> Result<Vec<StorageResult<Outcome>>, Unapplied> {
     // IMMEDIATE takes the write lock up front, so a batch never fails half-way on a lock upgrade.
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
+    conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| Unapplied::Begin(e.to_string()))?;
+    let applied = apply_writes(conn, writes, isolate);
+    if applied.is_err() {
+        roll_back(conn);
+    }
+    applied
+}
+
+fn apply_writes(
+    tx: &rusqlite::Connection,
+    writes: &[Write],
+    isolate: bool,
+) -> Result<Vec<StorageResult<Outcome>>, Unapplied> {
     let mut outcomes = Vec::with_capacity(writes.len());
     for w in writes {
-        if isolate && exec(&mut tx, "SAVEPOINT w").await.is_err() {
+        if isolate && tx.execute_batch("SAVEPOINT w").is_err() {
             return Err(Unapplied::Savepoint);
         }
         let outcome = match w {
-            Write::Message(m, _) => {
-                let insert: SendFuture<'_, _> = Box::pin(insert_message(&mut tx, m));
-                insert.await
-            }
-            Write::Ack(a, _) => {
-                let insert: SendFuture<'_, _> = Box::pin(insert_ack(&mut tx, a));
-                insert.await.map(|()| Outcome::Acked)
-            }
+            Write::Message(m, _) => insert_message(tx, m),
+            Write::Direct(m, parties, _) => match direct_refusal(tx, parties) {
+                Ok(None) => insert_message(tx, m),
+                Ok(Some(refused)) => Ok(Outcome::Refused(refused)),
+                Err(e) => Err(e),
+            },
+            Write::Ack(a, _) => insert_ack(tx, a).map(|()| Outcome::Acked),
+            Write::Thread(change, _) => write_thread_change(tx, change).map(Outcome::Thread),
             Write::Stop(_) => Ok(Outcome::Acked),
         };
         if !isolate {
@@ -249,162 +316,304 @@ async fn apply_batch(
                 return Err(Unapplied::Write);
             }
         } else {
-            let undone = outcome.is_ok() || exec(&mut tx, "ROLLBACK TO w").await.is_ok();
-            if !undone || exec(&mut tx, "RELEASE w").await.is_err() {
+            let undone = outcome.is_ok() || tx.execute_batch("ROLLBACK TO w").is_ok();
+            if !undone || tx.execute_batch("RELEASE w").is_err() {
                 // A write that cannot be undone must not be committed half-way.
                 return Err(Unapplied::Savepoint);
             }
         }
         outcomes.push(outcome);
     }
-    Ok((tx, outcomes))
+    Ok(outcomes)
 }
 
-/// Stores a message unless it is a retry: the insert computes the id and skips a duplicate
-/// client message id in the same statement, and one more statement updates every participant's
-/// conversation row, whatever the number of participants (a thread has hundreds).
+/// Ends the writer's open transaction without committing it, if one is open.
+fn roll_back(conn: &rusqlite::Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rolling back a write batch failed");
+        }
+    }
+}
+
 /// Inserts a message unless its client message id is already stored, computing its id.
 ///
 /// Message ids are arrival times in ms, made strictly increasing within a conversation so that
 /// two messages in the same millisecond still get distinct ids, and so that a new message always
 /// sorts after every stored one (history pages never shift). The MIN keeps the + 1 from
 /// overflowing into a float.
-macro_rules! insert_message_sql {
-    () => {
-        "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms)
-         VALUES (?1, MAX(COALESCE(MIN((SELECT MAX(message_id) FROM messages WHERE conversation = ?1), 9223372036854775806) + 1, ?9), ?9),
-                 ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT DO NOTHING RETURNING message_id;"
-    };
-}
+const INSERT_MESSAGE: &str =
+    "INSERT INTO messages (conversation, message_id, sender, sender_epid, recipient, client_message_id, message_type, headers, content, arrival_ms)
+     VALUES (?1, MAX(COALESCE(MIN((SELECT MAX(message_id) FROM messages WHERE conversation = ?1), 9223372036854775806) + 1, ?9), ?9),
+             ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT DO NOTHING RETURNING message_id";
 
-/// Then, in the same query (one trip to the connection's thread instead of two), updates every
-/// participant's conversation row with the message just inserted: `changes() = 1` only when the
-/// insert above was not skipped as a retry, and `last_insert_rowid()` is its row. A new row's
-/// history starts when the account was created, so a name that is removed and taken again does
-/// not inherit the old account's conversations. `WHERE true` keeps SQLite from reading the
-/// upsert's ON as a join constraint.
-macro_rules! store_message_sql {
+/// What the conversation upserts do with a row that exists: versions and last ids only grow.
+macro_rules! conversation_upsert {
     ($select:literal) => {
         concat!(
-            insert_message_sql!(),
             "INSERT INTO conversations (account, id, conversation, version, last_message_id, history_from) ",
             $select,
-            " FROM json_each(?10) AS p, messages m
-             WHERE m.rowid = last_insert_rowid() AND changes() = 1 AND true
-             ON CONFLICT (account, id) DO UPDATE SET
+            " ON CONFLICT (account, id) DO UPDATE SET
                  version = MAX(version, excluded.version),
                  last_message_id = MAX(COALESCE(last_message_id, 0), excluded.last_message_id)"
         )
     };
 }
 
-/// A thread: every member names it by the same id (?11), so the members travel as a plain array
-/// of names, which SQLite reads without parsing each element again.
-const STORE_THREAD_MESSAGE: &str = store_message_sql!(
-    "SELECT p.value, ?11, ?1, m.message_id, m.message_id,
-            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value), 0)"
+/// One participant's conversation row: (?1 account, ?2 the id it sees, ?3 key, ?4 message id).
+/// A new row's history starts when the account was created, so a name that is removed and taken
+/// again does not inherit the old account's conversations.
+const UPSERT_CONVERSATION: &str = conversation_upsert!(
+    "SELECT ?1, ?2, ?3, ?4, ?4, COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = ?1), 0)"
 );
 
-/// One-to-one: `[account, id]` pairs.
-const STORE_MESSAGE: &str = store_message_sql!(
-    "SELECT p.value ->> 0, p.value ->> 1, ?1, m.message_id, m.message_id,
-            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value ->> 0), 0)"
+/// A thread: every member names it by the same id (?2), so the members (?1) travel as a plain
+/// JSON array of names, one statement for hundreds of rows. `WHERE true` keeps SQLite from
+/// reading the upsert's ON as a join constraint.
+const UPSERT_THREAD_CONVERSATIONS: &str = conversation_upsert!(
+    "SELECT p.value, ?2, ?3, ?4, ?4,
+            COALESCE((SELECT created_at * 1000 FROM accounts WHERE name = p.value), 0)
+     FROM json_each(?1) AS p WHERE true"
 );
 
-/// Stores a message unless it is a retry, and updates its participants' conversation rows,
-/// whatever their number (a thread has hundreds), in one query.
-async fn insert_message(tx: &mut WriteTx, message: &NewMessage) -> StorageResult<Outcome> {
-    let (sql, participants, thread_id) = match message.participants.split_first() {
-        None => (insert_message_sql!(), None, None),
-        Some((first, rest))
-            if rest
-                .iter()
-                .all(|p| p.conversation_id == first.conversation_id) =>
-        {
-            let accounts: Vec<&str> = message
-                .participants
-                .iter()
-                .map(|p| p.account.as_str())
-                .collect();
-            (
-                STORE_THREAD_MESSAGE,
-                Some(to_json(&accounts)?),
-                Some(first.conversation_id.as_str()),
-            )
-        }
-        Some(_) => {
-            let pairs: Vec<(&str, &str)> = message
-                .participants
-                .iter()
-                .map(|p| (p.account.as_str(), p.conversation_id.as_str()))
-                .collect();
-            (STORE_MESSAGE, Some(to_json(&pairs)?), None)
-        }
-    };
-    let mut query = sqlx::query(sql)
-        .bind(&message.conversation)
-        .bind(&message.sender)
-        .bind(&message.sender_epid)
-        .bind(&message.recipient)
-        .bind(&message.client_message_id)
-        .bind(&message.message_type)
-        .bind(&message.headers)
-        .bind(&message.content)
-        .bind(message.arrival_ms);
-    if let Some(json) = participants {
-        query = query.bind(json).bind(thread_id);
-    }
-    // fetch_all: the query's second statement runs only if its results are asked for.
-    let inserted = query.fetch_all(&mut **tx).await?;
-    if let Some(row) = inserted.first() {
-        return Ok(Outcome::Stored(row.try_get(0)?));
+/// Stores a message unless it is a retry, and updates its participants' conversation rows.
+fn insert_message(tx: &rusqlite::Connection, message: &NewMessage) -> StorageResult<Outcome> {
+    use rusqlite::OptionalExtension;
+    let inserted: Option<i64> = tx
+        .prepare_cached(INSERT_MESSAGE)?
+        .query_row(
+            rusqlite::params![
+                message.conversation,
+                message.sender,
+                message.sender_epid,
+                message.recipient,
+                message.client_message_id,
+                message.message_type,
+                message.headers,
+                message.content,
+                message.arrival_ms,
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(message_id) = inserted {
+        upsert_conversations(tx, message, message_id)?;
+        return Ok(Outcome::Stored(message_id));
     }
     // Skipped on a conflict: the client message id is taken (a retry), or the id is.
     let existing = match &message.client_message_id {
-        Some(cmid) => {
-            sqlx::query(
+        Some(cmid) => tx
+            .prepare_cached(
                 "SELECT * FROM messages WHERE conversation = ? AND sender = ? AND client_message_id = ?",
+            )?
+            .query_row(
+                rusqlite::params![message.conversation, message.sender, cmid],
+                stored_message_from_row,
             )
-            .bind(&message.conversation)
-            .bind(&message.sender)
-            .bind(cmid)
-            .fetch_optional(&mut **tx)
-            .await?
-        }
+            .optional()?,
         None => None,
     };
-    let row = existing.ok_or_else(|| {
+    let mut first = existing.ok_or_else(|| {
         StorageError::Corrupt(format!(
             "no free message id left in conversation {}",
             message.conversation
         ))
     })?;
-    let mut first = message_from_row(&row)?;
     first.duplicate = true;
     Ok(Outcome::Duplicate(Box::new(first)))
+}
+
+/// Applies a thread change, its membership and its activity messages in the writer's
+/// transaction; returns the stored activity messages in order.
+fn write_thread_change(
+    tx: &rusqlite::Connection,
+    change: &ThreadChange,
+) -> StorageResult<Vec<StoredMessage>> {
+    let t = &change.thread;
+    tx.prepare_cached(
+        "INSERT INTO threads (id, creator, topic, version, closed) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET topic = ?3, version = ?4, closed = ?5",
+    )?
+    .execute(rusqlite::params![
+        t.id,
+        t.creator,
+        t.topic,
+        t.version,
+        t.members.is_empty()
+    ])?;
+    for gone in &change.left {
+        tx.prepare_cached("DELETE FROM thread_members WHERE thread = ? AND account = ?")?
+            .execute(rusqlite::params![t.id, gone.as_str()])?;
+    }
+    let mut member = tx.prepare_cached(
+        "INSERT INTO thread_members (thread, account, role, joined_ms, seq)
+         VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM thread_members WHERE thread = ?1))
+         ON CONFLICT (thread, account) DO UPDATE SET role = excluded.role",
+    )?;
+    for m in &t.members {
+        member.execute(rusqlite::params![
+            t.id,
+            m.account.as_str(),
+            m.role,
+            m.joined_ms
+        ])?;
+    }
+    // A joining member's history of the thread starts now, even when it was a member before.
+    for joined in &change.joined {
+        let from = t
+            .members
+            .iter()
+            .find(|m| &m.account == joined)
+            .map_or(t.version, |m| m.joined_ms);
+        tx.prepare_cached(
+            "INSERT INTO conversations (account, id, conversation, version, history_from, left_at)
+             VALUES (?1, ?2, ?2, ?3, ?3, NULL)
+             ON CONFLICT (account, id) DO UPDATE SET history_from = ?3, left_at = NULL,
+                 version = MAX(version, ?3)",
+        )?
+        .execute(rusqlite::params![joined.as_str(), t.id, from])?;
+    }
+    let mut stored = Vec::with_capacity(change.activity.len());
+    for message in &change.activity {
+        stored.push(match insert_message(tx, message)? {
+            Outcome::Stored(message_id) => StoredMessage {
+                message_id,
+                message: message.clone(),
+                duplicate: false,
+            },
+            Outcome::Duplicate(first) => *first,
+            Outcome::Acked | Outcome::Refused(_) | Outcome::Thread(_) => {
+                return Err(StorageError::Corrupt("a message stored as an ack".into()))
+            }
+        });
+    }
+    for gone in &change.left {
+        let last_seen = stored
+            .iter()
+            .filter(|m| m.message.participants.iter().any(|p| &p.account == gone))
+            .map(|m| m.message_id)
+            .max()
+            .unwrap_or(t.version);
+        tx.prepare_cached("UPDATE conversations SET left_at = ? WHERE account = ? AND id = ?")?
+            .execute(rusqlite::params![last_seen, gone.as_str(), t.id])?;
+    }
+    Ok(stored)
+}
+
+/// Why a direct message may not be stored, if it may not: its recipient is no account, or one
+/// of the two blocks the other.
+fn direct_refusal(
+    tx: &rusqlite::Connection,
+    parties: &DirectParties,
+) -> StorageResult<Option<DirectOutcome>> {
+    if parties.sender == parties.recipient {
+        return Ok(None);
+    }
+    let (exists, blocked): (bool, bool) = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM accounts WHERE name = ?2),
+                    EXISTS (SELECT 1 FROM contacts
+                            WHERE ((owner = ?1 AND contact = ?2) OR (owner = ?2 AND contact = ?1))
+                              AND (bits & ?3) != 0)",
+        )?
+        .query_row(
+            rusqlite::params![
+                parties.sender.as_str(),
+                parties.recipient.as_str(),
+                list_bits::BLOCK
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+    Ok(if !exists {
+        Some(DirectOutcome::UnknownRecipient)
+    } else if blocked {
+        Some(DirectOutcome::Blocked)
+    } else {
+        None
+    })
+}
+
+/// Updates every participant's conversation row with a message just stored.
+fn upsert_conversations(
+    tx: &rusqlite::Connection,
+    message: &NewMessage,
+    message_id: i64,
+) -> StorageResult<()> {
+    let Some((first, rest)) = message.participants.split_first() else {
+        return Ok(());
+    };
+    if !rest.is_empty()
+        && rest
+            .iter()
+            .all(|p| p.conversation_id == first.conversation_id)
+    {
+        let accounts: Vec<&str> = message
+            .participants
+            .iter()
+            .map(|p| p.account.as_str())
+            .collect();
+        tx.prepare_cached(UPSERT_THREAD_CONVERSATIONS)?
+            .execute(rusqlite::params![
+                to_json(&accounts)?,
+                first.conversation_id,
+                message.conversation,
+                message_id,
+            ])?;
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(UPSERT_CONVERSATION)?;
+    for p in &message.participants {
+        upsert.execute(rusqlite::params![
+            p.account.as_str(),
+            p.conversation_id,
+            message.conversation,
+            message_id,
+        ])?;
+    }
+    Ok(())
+}
+
+/// A `messages` row read by the writer.
+fn stored_message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        message_id: row.get("message_id")?,
+        duplicate: false,
+        message: NewMessage {
+            conversation: row.get("conversation")?,
+            sender: row.get("sender")?,
+            sender_epid: row.get("sender_epid")?,
+            recipient: row.get("recipient")?,
+            client_message_id: row.get("client_message_id")?,
+            message_type: row.get("message_type")?,
+            headers: row.get("headers")?,
+            content: row.get("content")?,
+            arrival_ms: row.get("arrival_ms")?,
+            participants: Vec::new(),
+        },
+    })
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
     serde_json::to_string(value).map_err(|e| StorageError::Corrupt(format!("JSON parameter: {e}")))
 }
 
-async fn insert_ack(tx: &mut WriteTx, ack: &AckRecord) -> StorageResult<()> {
+fn insert_ack(tx: &rusqlite::Connection, ack: &AckRecord) -> StorageResult<()> {
     let (conversation, message_id) = match &ack.message {
         Some((c, m)) => (Some(c), Some(*m)),
         None => (None, None),
     };
-    sqlx::query(
+    tx.prepare_cached(
         "INSERT INTO message_acks (account, epid, ack_id, conversation, message_id, acked_ms) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(ack.account.as_str())
-    .bind(&ack.epid)
-    .bind(&ack.ack_id)
-    .bind(conversation)
-    .bind(message_id)
-    .bind(ack.acked_ms)
-    .execute(&mut **tx)
-    .await?;
+    )?
+    .execute(rusqlite::params![
+        ack.account.as_str(),
+        ack.epid,
+        ack.ack_id,
+        conversation,
+        message_id,
+        ack.acked_ms,
+    ])?;
     Ok(())
 }
 
@@ -450,8 +659,12 @@ impl SqliteStorage {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let conn = open_writer(path)?;
         let (writer, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(run_writer(pool.clone(), rx));
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| StorageError::NotCommitted(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStorage {
             pool,
             writer,
@@ -461,17 +674,12 @@ impl SqliteStorage {
 
     /// Commits every queued write, stops the writer and closes the pool.
     pub async fn close(&self) {
+        // The pool closes first, so that the writer's checkpoint is the last connection's.
+        self.pool.close().await;
         let (tx, rx) = oneshot::channel();
         if self.writer.send(Write::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint at close failed; the log is kept");
-        }
-        self.pool.close().await;
     }
 
     /// SQLite's own consistency check: empty when the file is sound, else what is wrong.
@@ -748,6 +956,21 @@ impl Storage for SqliteStorage {
     async fn store_message(&self, message: NewMessage) -> StorageResult<StoredMessage> {
         let (tx, rx) = oneshot::channel();
         self.submit(Write::Message(message, tx)).await?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn store_direct_message(
+        &self,
+        message: NewMessage,
+        sender: &AccountName,
+        recipient: &AccountName,
+    ) -> StorageResult<DirectOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let parties = DirectParties {
+            sender: sender.clone(),
+            recipient: recipient.clone(),
+        };
+        self.submit(Write::Direct(message, parties, tx)).await?;
         rx.await.map_err(|_| writer_gone())?
     }
 
@@ -1203,88 +1426,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn apply_thread_change(&self, change: ThreadChange) -> StorageResult<Vec<StoredMessage>> {
-        let t = &change.thread;
-        let mut tx: WriteTx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO threads (id, creator, topic, version, closed) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (id) DO UPDATE SET topic = ?3, version = ?4, closed = ?5",
-        )
-        .bind(&t.id)
-        .bind(&t.creator)
-        .bind(&t.topic)
-        .bind(t.version)
-        .bind(t.members.is_empty())
-        .execute(&mut *tx)
-        .await?;
-        for gone in &change.left {
-            sqlx::query("DELETE FROM thread_members WHERE thread = ? AND account = ?")
-                .bind(&t.id)
-                .bind(gone.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        for m in &t.members {
-            sqlx::query(
-                "INSERT INTO thread_members (thread, account, role, joined_ms, seq)
-                 VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM thread_members WHERE thread = ?1))
-                 ON CONFLICT (thread, account) DO UPDATE SET role = excluded.role",
-            )
-            .bind(&t.id)
-            .bind(m.account.as_str())
-            .bind(&m.role)
-            .bind(m.joined_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // A joining member's history of the thread starts now, even when it was a member before.
-        for joined in &change.joined {
-            let from = t
-                .members
-                .iter()
-                .find(|m| &m.account == joined)
-                .map_or(t.version, |m| m.joined_ms);
-            sqlx::query(
-                "INSERT INTO conversations (account, id, conversation, version, history_from, left_at)
-                 VALUES (?1, ?2, ?2, ?3, ?3, NULL)
-                 ON CONFLICT (account, id) DO UPDATE SET history_from = ?3, left_at = NULL,
-                     version = MAX(version, ?3)",
-            )
-            .bind(joined.as_str())
-            .bind(&t.id)
-            .bind(from)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut stored = Vec::with_capacity(change.activity.len());
-        for message in change.activity {
-            stored.push(match insert_message(&mut tx, &message).await? {
-                Outcome::Stored(message_id) => StoredMessage {
-                    message_id,
-                    message,
-                    duplicate: false,
-                },
-                Outcome::Duplicate(first) => *first,
-                Outcome::Acked => {
-                    return Err(StorageError::Corrupt("a message stored as an ack".into()))
-                }
-            });
-        }
-        for gone in &change.left {
-            let last_seen = stored
-                .iter()
-                .filter(|m| m.message.participants.iter().any(|p| &p.account == gone))
-                .map(|m| m.message_id)
-                .max()
-                .unwrap_or(t.version);
-            sqlx::query("UPDATE conversations SET left_at = ? WHERE account = ? AND id = ?")
-                .bind(last_seen)
-                .bind(gone.as_str())
-                .bind(&t.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(stored)
+        let (tx, rx) = oneshot::channel();
+        self.submit(Write::Thread(Box::new(change), tx)).await?;
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn get_or_create_secret(&self, name: &str, candidate: &[u8]) -> StorageResult<Vec<u8>> {

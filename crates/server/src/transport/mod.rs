@@ -1,15 +1,17 @@
-//! Transports at the edge: accept loops for plaintext TCP and TLS, and the per-connection loop that
-//! turns bytes into frames for the session and writes what the session and the router queue.
+//! Transports at the edge. Every transport (plaintext TCP, TLS, the HTTP gateway) is a
+//! [`Connection`]: it yields the peer's frames and takes batches of encoded frames to send. Above
+//! that seam, one loop ([`serve_connection`]) runs every connection: it hands frames to the
+//! session, rate-limits, ends idle connections, writes what the session and the router queue,
+//! obeys kicks and shutdown, and says goodbye. Every frame read and written is logged there at
+//! `trace`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
-use msnp24_proto::frame::{decode, error_frame};
+use msnp24_proto::frame::error_frame;
 use msnp24_proto::xml::misc::Out;
-use msnp24_proto::{ErrorCode, Frame, Payload};
+use msnp24_proto::{ErrorCode, Frame, FrameError, Headers, Payload};
 use rand::Rng;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
@@ -21,13 +23,13 @@ use crate::routing::{Delivery, KickReason, Outbound};
 use crate::session::Session;
 use crate::state::{now_ms, AppState};
 
+mod connection;
 pub mod tls;
+
+pub use connection::{Connection, FrameBuffer, StreamConnection};
 
 /// Held by every connection task; the server waits for all of them to drop it at shutdown.
 pub type DoneGuard = mpsc::Sender<()>;
-
-/// Reads start small: an idle connection should cost a few KiB, not a large default buffer.
-const INITIAL_READ_BUFFER: usize = 512;
 
 /// Queued frames are moved into one write of at most about this many bytes, so the outbound
 /// queue's bound is not undone by copying it all into the write buffer at once.
@@ -77,7 +79,6 @@ pub async fn accept_tcp(
             Transport::Tcp
         };
         let span = connection_span(peer, transport);
-        let open = crate::stats::OpenConnection::new(transport.as_str());
         let state = state.clone();
         let shutdown = shutdown.clone();
         let done = done.clone();
@@ -85,8 +86,9 @@ pub async fn accept_tcp(
             None => {
                 tokio::spawn(
                     async move {
-                        serve_connection(stream, peer, state, shutdown, done).await;
-                        drop((slot, open));
+                        let conn = StreamConnection::new(stream, state.limits(), transport);
+                        serve_connection(conn, peer, state, shutdown, done).await;
+                        drop(slot);
                     }
                     .instrument(span),
                 );
@@ -98,11 +100,14 @@ pub async fn accept_tcp(
                             tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                                 .await;
                         match handshake {
-                            Ok(Ok(tls)) => serve_connection(tls, peer, state, shutdown, done).await,
+                            Ok(Ok(tls)) => {
+                                let conn = StreamConnection::new(tls, state.limits(), transport);
+                                serve_connection(conn, peer, state, shutdown, done).await
+                            }
                             Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                         }
-                        drop((slot, open));
+                        drop(slot);
                     }
                     .instrument(span),
                 );
@@ -150,64 +155,22 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Writes a chat message for this connection straight into `out`, as one `SDG 0 MSGR` frame: its
-/// own `Ack-Id`, `Context` and `Skype-Age` around the shared message. A thread's message goes to
-/// hundreds of connections, so this encodes in place rather than copying the message's headers
-/// into a new frame each time. Returns the `Ack-Id`.
+/// Writes a chat message for this connection into `out` as one `SDG 0 MSGR` frame: its own
+/// `Ack-Id`, `Context` and `Skype-Age` around the shared message, which is encoded in place (a
+/// thread's message goes to hundreds of connections). Returns the `Ack-Id`.
 fn encode_delivery(d: &Delivery, context: &str, out: &mut Vec<u8>) -> String {
     let ack_id = format!("{:016X}", rand::thread_rng().gen::<u64>());
-    let age = (now_ms() - d.arrival_ms).max(0);
-    let m = &d.message;
-    let mut payload = Vec::with_capacity(384 + m.body.len());
-    line(&mut payload, "Ack-Id", &ack_id);
-    line(&mut payload, "Context", context);
+    let age = (now_ms() - d.arrival_ms).max(0).to_string();
+    let mut payload = Vec::with_capacity(384 + d.message.body.len());
+    Headers::new()
+        .with("Ack-Id", ack_id.as_str())
+        .with("Context", context)
+        .encode_into(&mut payload);
     payload.extend_from_slice(b"\r\n");
-    m.routing.encode_into(&mut payload);
-    payload.extend_from_slice(b"\r\n");
-    m.reliability.encode_into(&mut payload);
-    payload.extend_from_slice(b"\r\n");
-    // As `FormattedMessage::encode_into` writes it with `Skype-Age` inserted after
-    // `Original-Arrival-Time` (or last): `Content-Length` follows the body, and is added after
-    // every other header when the message has none.
-    let age_after = m
-        .content
-        .0
-        .iter()
-        .position(|(n, _)| n.eq_ignore_ascii_case("Original-Arrival-Time"));
-    let len = m.body.len().to_string();
-    let mut wrote_len = false;
-    for (i, (n, v)) in m.content.iter().enumerate() {
-        if n.eq_ignore_ascii_case("Content-Length") {
-            wrote_len = true;
-            line(&mut payload, n, &len);
-        } else {
-            line(&mut payload, n, v);
-        }
-        if age_after == Some(i) {
-            line(&mut payload, "Skype-Age", &age.to_string());
-        }
-    }
-    if age_after.is_none() {
-        line(&mut payload, "Skype-Age", &age.to_string());
-    }
-    if !wrote_len {
-        line(&mut payload, "Content-Length", &len);
-    }
-    payload.extend_from_slice(b"\r\n");
-    payload.extend_from_slice(&m.body);
-    out.extend_from_slice(b"SDG 0 MSGR ");
-    out.extend_from_slice(payload.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&payload);
+    d.message
+        .encode_into_with(&mut payload, "Original-Arrival-Time", ("Skype-Age", &age));
+    Frame::new("SDG", 0, "MSGR", payload).encode_into(out);
     ack_id
-}
-
-/// One `Name: value` header line.
-fn line(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
 }
 
 fn out_frame(reason: &str) -> Frame {
@@ -218,35 +181,51 @@ fn out_frame(reason: &str) -> Frame {
     Frame::new("OUT", 0, "CON", Payload::body(body).encode())
 }
 
-/// Runs one connection to its end.
-pub async fn serve_connection<S>(
-    stream: S,
+/// Logs the frames written from `from` on in `wbuf` (the loop's one place for outbound frames).
+fn trace_sent(conn: u64, wbuf: &[u8], from: usize) {
+    if from >= wbuf.len() {
+        return;
+    }
+    tracing::trace!(conn, frames = ?String::from_utf8_lossy(&wbuf[from..]), "send");
+}
+
+/// The error frame for an unreadable frame: the 603 reply names the frame, others cannot.
+fn unreadable(e: &FrameError) -> Frame {
+    let (trid, target) = match e {
+        FrameError::TooLarge { trid, target, .. } => (*trid, target.as_str()),
+        _ => (0, "CON"),
+    };
+    error_frame(e.code(), trid, target, &e.to_string())
+}
+
+/// Runs one connection to its end, whatever its transport.
+pub async fn serve_connection<C: Connection>(
+    mut conn: C,
     peer: SocketAddr,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
     _done: DoneGuard,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) {
     let (tx, mut rx) = mpsc::channel(state.config.outbound_queue.max(1));
     let (kick_tx, mut kick_rx) = watch::channel(None);
     let mut session = Session::new(state.clone(), peer, tx, Arc::new(kick_tx));
-    let conn = session.conn_id;
+    let id = session.conn_id;
     let span = tracing::Span::current();
-    span.record("conn", conn);
+    span.record("conn", id);
     let mut account_logged = false;
-    tracing::info!(conn, %peer, "connection opened");
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
-    let limits = state.limits();
+    // Every transport is counted here, the gateway's sessions included.
+    let _open = crate::stats::OpenConnection::new(conn.transport().as_str());
+    tracing::info!(conn = id, %peer, transport = conn.transport().as_str(), "connection opened");
     let idle = state.config.idle_timeout();
+    // Only whole frames count as activity: a peer trickling bytes of a frame it never finishes
+    // is idle (issue 19).
     let mut deadline = Instant::now() + idle;
     let mut rate = FrameRate::new(state.config.frames_per_sec, state.config.frame_burst);
     let mut replies: Vec<Frame> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::new();
     // The peer went away without a word (end of stream, socket error): its presence lingers.
     let mut vanished = false;
-    // Set when a write was cut off mid-frame: nothing more may be written to this stream.
+    // Set when a write was cut off mid-frame: nothing more may be written to this connection.
     let mut torn = false;
 
     let end: Option<KickReason> = 'conn: loop {
@@ -263,7 +242,7 @@ pub async fn serve_connection<S>(
                         Err(_) => break,
                     }
                 }
-                match guarded_write(&mut wr, &wbuf, &mut kick_rx, &mut shutdown).await {
+                match guarded_write(&mut conn, &wbuf, &mut kick_rx, &mut shutdown).await {
                     WriteEnd::Written => {}
                     WriteEnd::Failed => {
                         vanished = true;
@@ -275,74 +254,66 @@ pub async fn serve_connection<S>(
                     }
                 }
             }
-            read = rd.read_buf(&mut buf) => {
-                match read {
-                    Ok(0) => {
-                        vanished = true;
-                        break 'conn None;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(conn, error = %e, "read failed");
-                        vanished = true;
-                        break 'conn None;
-                    }
-                }
-                deadline = Instant::now() + idle;
+            read = conn.read_frame() => {
                 let mut close = false;
-                loop {
-                    match decode(&buf, &limits) {
-                        Ok(Some((frame, used))) => {
-                            buf.advance(used);
-                            crate::stats::frame_in(&frame.cmd);
-                            if !rate.allow() {
-                                tracing::warn!(conn, %peer, cmd = %frame.cmd, trid = frame.trid, "frame rate limit exceeded; closing");
-                                replies.push(frame.error_reply(ErrorCode::RateLimited, "too many requests"));
-                                close = true;
-                                break;
-                            }
-                            let flow = session.handle(frame, &mut replies).await;
-                            if !account_logged {
-                                if let Some(account) = session.account() {
-                                    span.record("account", account.as_str());
-                                    account_logged = true;
-                                }
-                            }
-                            if flow == Flow::Close {
-                                close = true;
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(conn, %peer, error = %e, "unreadable frame; closing");
-                            let (trid, target) = match &e {
-                                msnp24_proto::FrameError::TooLarge { trid, target, .. } => (*trid, target.as_str()),
-                                _ => (0, "CON"),
-                            };
-                            replies.push(error_frame(e.code(), trid, target, &e.to_string()));
-                            close = true;
-                            break;
+                let mut next = match read {
+                    Ok(Some(frame)) => Some(frame),
+                    Ok(None) => {
+                        vanished = true;
+                        break 'conn None;
+                    }
+                    Err(e) => {
+                        tracing::info!(conn = id, %peer, error = %e, "unreadable frame; closing");
+                        replies.push(unreadable(&e));
+                        close = true;
+                        None
+                    }
+                };
+                // Frames the peer pipelined are handled together and answered in one write.
+                while let Some(frame) = next.take() {
+                    deadline = Instant::now() + idle;
+                    crate::stats::frame_in(&frame.cmd);
+                    tracing::trace!(conn = id, frame = ?String::from_utf8_lossy(&frame.to_bytes()), "recv");
+                    if !rate.allow() {
+                        tracing::warn!(conn = id, %peer, cmd = %frame.cmd, trid = frame.trid, "frame rate limit exceeded; closing");
+                        replies.push(frame.error_reply(ErrorCode::RateLimited, "too many requests"));
+                        close = true;
+                        break;
+                    }
+                    session.cookie_token = conn.cookie_token();
+                    let flow = session.handle(frame, &mut replies).await;
+                    if !account_logged {
+                        if let Some(account) = session.account() {
+                            span.record("account", account.as_str());
+                            account_logged = true;
                         }
                     }
-                }
-                // A large frame grew the buffer; give the memory back once it is drained.
-                if buf.is_empty() && buf.capacity() > 16 * 1024 {
-                    buf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
+                    if flow == Flow::Close {
+                        close = true;
+                        break;
+                    }
+                    match conn.buffered_frame() {
+                        Ok(f) => next = f,
+                        Err(e) => {
+                            tracing::info!(conn = id, %peer, error = %e, "unreadable frame; closing");
+                            replies.push(unreadable(&e));
+                            close = true;
+                        }
+                    }
                 }
                 wbuf.clear();
                 for f in replies.drain(..) {
                     crate::stats::frame_out(&f.cmd);
-                    tracing::trace!(conn, frame = %String::from_utf8_lossy(&f.to_bytes()), "send");
                     f.encode_into(&mut wbuf);
                 }
+                trace_sent(id, &wbuf, 0);
                 if close {
                     // Sign-out flushes what was already queued for this endpoint.
                     while let Ok(item) = rx.try_recv() {
                         encode_outbound(&item, &mut session, &mut wbuf);
                     }
                 }
-                match guarded_write(&mut wr, &wbuf, &mut kick_rx, &mut shutdown).await {
+                match guarded_write(&mut conn, &wbuf, &mut kick_rx, &mut shutdown).await {
                     WriteEnd::Written if !close => {}
                     WriteEnd::Written => break 'conn None,
                     WriteEnd::Failed => {
@@ -358,41 +329,49 @@ pub async fn serve_connection<S>(
         }
     };
     if let Some(reason) = end {
-        tracing::info!(conn, %peer, ?reason, "ending connection");
+        tracing::info!(conn = id, %peer, ?reason, "ending connection");
         if let (Some(text), false) = (reason.out_reason(), torn) {
+            crate::stats::frame_out("OUT");
             let farewell = out_frame(text).to_bytes();
-            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, write_all(&mut wr, &farewell)).await;
+            trace_sent(id, &farewell, 0);
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, conn.write_batch(&farewell)).await;
         }
     }
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, conn.close()).await;
     session.closed(vanished).await;
-    tracing::info!(conn, %peer, "connection closed");
+    tracing::info!(conn = id, %peer, "connection closed");
 }
 
 /// How a write ended.
 enum WriteEnd {
-    /// Every byte was handed to the socket.
+    /// Every byte was handed to the transport.
     Written,
-    /// The socket failed or the peer did not read for too long.
+    /// The transport failed or the peer did not read for too long.
     Failed,
     /// The connection was told to end while the write was blocked (a peer that stopped reading).
     Interrupted(KickReason),
 }
 
+/// A peer that stops reading must not hold its connection's task forever.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Writes `bytes` unless the connection is kicked or the server stops first: a peer that stopped
 /// reading must not keep its task (and its queue) alive until the write times out.
-async fn guarded_write<W: AsyncWrite + Unpin>(
-    wr: &mut W,
+async fn guarded_write<C: Connection>(
+    conn: &mut C,
     bytes: &[u8],
     kick_rx: &mut watch::Receiver<Option<KickReason>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> WriteEnd {
+    if bytes.is_empty() {
+        return WriteEnd::Written;
+    }
     tokio::select! {
         // A write that can complete now always does, even if an end was signalled meanwhile.
         biased;
-        r = write_all(wr, bytes) => match r {
-            Ok(()) => WriteEnd::Written,
-            Err(_) => WriteEnd::Failed,
+        r = tokio::time::timeout(WRITE_TIMEOUT, conn.write_batch(bytes)) => match r {
+            Ok(Ok(())) => WriteEnd::Written,
+            Ok(Err(_)) | Err(_) => WriteEnd::Failed,
         },
         kicked = kick_rx.wait_for(Option::is_some) => match kicked.ok().and_then(|k| *k) {
             Some(reason) => WriteEnd::Interrupted(reason),
@@ -403,6 +382,7 @@ async fn guarded_write<W: AsyncWrite + Unpin>(
 }
 
 fn encode_outbound(item: &Outbound, session: &mut Session, out: &mut Vec<u8>) {
+    let from = out.len();
     match item {
         Outbound::Frame(f) => {
             crate::stats::frame_out(&f.cmd);
@@ -415,25 +395,7 @@ fn encode_outbound(item: &Outbound, session: &mut Session, out: &mut Vec<u8>) {
             session.note_delivery(ack_id, d.stored.clone());
         }
     }
-}
-
-async fn write_all<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    // A peer that stops reading must not hold this task forever.
-    match tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        wr.write_all(bytes).await?;
-        wr.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
-    }
+    trace_sent(session.conn_id, out, from);
 }
 
 #[cfg(test)]

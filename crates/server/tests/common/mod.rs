@@ -110,6 +110,33 @@ impl TestServer {
     }
 }
 
+/// Makes `a` and `b` mutual contacts (watch and allow both ways) directly in storage.
+pub async fn friends(t: &TestServer, a: &str, b: &str) {
+    use msnp24_server::storage::list_bits::{ALLOW, FORWARD};
+    use msnp24_server::storage::ContactUpdate;
+    let both = FORWARD | ALLOW;
+    let updates = [
+        ContactUpdate {
+            owner: AccountName::parse(a).unwrap(),
+            contact: AccountName::parse(b).unwrap(),
+            set: both,
+            clear: 0,
+        },
+        ContactUpdate {
+            owner: AccountName::parse(b).unwrap(),
+            contact: AccountName::parse(a).unwrap(),
+            set: both,
+            clear: 0,
+        },
+    ];
+    t.server()
+        .state()
+        .storage
+        .update_contacts(&updates)
+        .await
+        .unwrap();
+}
+
 /// The first line of a frame, as the wire shows it.
 pub fn first_line(f: &Frame) -> String {
     format!("{} {} {} {}", f.cmd, f.trid, f.target, f.payload.len())

@@ -51,6 +51,18 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/users/self/contacts/{name}", delete(contacts::remove))
 }
 
+/// The value of the cookie `name` the request carried.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
 /// The host name the client used, safe to echo into a URL, HTML and JavaScript.
 pub fn request_host(headers: &HeaderMap) -> String {
     headers

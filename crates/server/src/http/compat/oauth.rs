@@ -51,17 +51,6 @@ fn ppft(state: &AppState, cookie: &str) -> String {
     state.tokens.tag("ppft", cookie.as_bytes())
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-}
-
 /// The login page, with the form's absolute post URL and the PPFT the post must return.
 fn login_page(host: &str, query: &str, ppft: &str, error: Option<&str>) -> String {
     let url_post = format!("https://{host}/ppsecure/post.srf?{query}");
@@ -143,7 +132,7 @@ pub async fn post_srf(
 ) -> Response {
     let host = request_host(&headers);
     let query = sanitize_query(query);
-    let cookie = cookie_value(&headers);
+    let cookie = super::cookie(&headers, COOKIE);
     let again = |status: StatusCode, reason: &str| {
         // A fresh cookie and PPFT so the user can simply try again.
         let cookie = uuid::Uuid::new_v4().simple().to_string();
@@ -213,10 +202,17 @@ pub async fn post_srf(
     tracing::info!(%peer, account = %account.name, "compatibility login");
     (
         StatusCode::FOUND,
-        [(
-            header::LOCATION,
-            format!("https://{host}/oauth20_desktop.srf#{fragment}"),
-        )],
+        [
+            (
+                header::LOCATION,
+                format!("https://{host}/oauth20_desktop.srf#{fragment}"),
+            ),
+            // The gateway's `X-MSN-Auth: Use-Cookie` sign-in uses it (§11).
+            (
+                header::SET_COOKIE,
+                crate::http::gateway::auth_cookie(&access),
+            ),
+        ],
     )
         .into_response()
 }
