@@ -54,6 +54,9 @@ pub struct Config {
     pub login_throttle: ThrottleConfig,
     /// Per-account limit on `SDG` (803 beyond it).
     pub send_rate: SendRateConfig,
+    /// Commands that store rows other than messages (contact lists, threads, spam reports,
+    /// settings, conversation properties), per account: beyond it `803`.
+    pub write_rate: SendRateConfig,
     /// Open MSNP connections (plaintext and TLS together) allowed from one address; 0: no limit.
     pub max_connections_per_ip: usize,
     /// Frames per second one connection may send on average; 0: no limit.
@@ -216,6 +219,10 @@ impl Default for Config {
             gateway_session_timeout_secs: 120,
             login_throttle: ThrottleConfig::default(),
             send_rate: SendRateConfig::default(),
+            write_rate: SendRateConfig {
+                per_second: 5.0,
+                burst: 300,
+            },
             max_connections_per_ip: 64,
             frames_per_sec: 100,
             frame_burst: 1000,

@@ -130,13 +130,14 @@ impl Session {
         self.deliveries.push_back((ack_id, message));
     }
 
-    /// The message a delivery's `Ack-Id` names, if this connection handed it out recently.
-    pub fn delivered_message(&self, ack_id: &str) -> Option<(String, i64)> {
+    /// Whether this connection handed `ack_id` out recently, and the stored message it names
+    /// (`None` inside for a message that is not stored, such as `Control/*`).
+    pub fn handed_out(&self, ack_id: &str) -> Option<Option<(String, i64)>> {
         self.deliveries
             .iter()
             .rev()
             .find(|(a, _)| a.eq_ignore_ascii_case(ack_id))
-            .and_then(|(_, m)| m.clone())
+            .map(|(_, m)| m.clone())
     }
 
     /// The bound endpoint, if any.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub presence: Arc<PresenceService>,
     /// Per-account `SDG` rate.
     pub send_limiter: SendLimiter,
+    /// Commands that store rows other than messages, per account.
+    pub write_limiter: SendLimiter,
     /// Open connections per client address.
     pub connections: ConnectionLimiter,
     /// One lock per thread, so its members see its changes and messages in one order.
@@ -76,6 +78,7 @@ impl AppState {
             None => 1,
         };
         let send_limiter = SendLimiter::new(config.send_rate.clone());
+        let write_limiter = SendLimiter::new(config.write_rate.clone());
         let connections = ConnectionLimiter::new(config.max_connections_per_ip);
         AppState {
             connections,
@@ -86,6 +89,7 @@ impl AppState {
             throttle,
             presence,
             send_limiter,
+            write_limiter,
             thread_locks: crate::threads::ThreadLocks::new(shared_locks),
             next_conn: AtomicU64::new(first_conn),
         }

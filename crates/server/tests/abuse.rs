@@ -324,3 +324,58 @@ async fn members_cannot_post_messages_typed_as_group_activity() {
     );
     assert_conformant(&alice);
 }
+
+/// Rows of `table` in the server's SQLite file.
+async fn rows_in(t: &TestServer, table: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", t.config.database_path().display()))
+        .await
+        .unwrap();
+    let n = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+#[tokio::test]
+async fn one_account_cannot_fill_the_disk() {
+    // The default burst, refilled slowly enough that the test's own pace does not matter.
+    let t = TestServer::start_with(|c| c.write_rate.per_second = 0.01).await;
+    accounts(&t, &["mallory"]).await;
+    let mallory = connect(&t, "mallory").await;
+    let burst = t.config.write_rate.burst as usize;
+
+    // Spam reports as fast as the connection allows: past the account's write allowance they are
+    // refused with 803 and not stored.
+    let aliases: String = (0..50)
+        .map(|i| format!("<alias>8:victim{i}</alias>"))
+        .collect();
+    let body = format!("<reportspam>{aliases}</reportspam>");
+    let mut refused = 0;
+    for _ in 0..burst + 100 {
+        let reply = mallory
+            .request("PUT", "MSGR\\REPORTSPAM", mallory.payload(body.clone()))
+            .await
+            .unwrap();
+        match reply.error_code() {
+            None => {}
+            Some(803) => refused += 1,
+            Some(code) => panic!("unexpected {code}"),
+        }
+    }
+    assert!(refused >= 99, "only {refused} of {} refused", burst + 100);
+    let stored = rows_in(&t, "spam_reports").await;
+    assert!(
+        stored <= ((burst + 1) * 50) as i64,
+        "{stored} report rows for one account"
+    );
+
+    // ACKs of Ack-Ids the server never handed out are acknowledged and store nothing.
+    for i in 0..200u64 {
+        let reply = mallory.ack(&format!("{i:016X}")).await.unwrap();
+        assert_eq!(reply.cmd, "ACK");
+    }
+    assert_eq!(rows_in(&t, "message_acks").await, 0);
+    assert_conformant(&mallory);
+}

@@ -61,6 +61,7 @@ pub async fn change(
     let Some(owner) = s.bound().map(|b| b.account.clone()) else {
         return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
     };
+    super::charge_write(s)?;
     let ml = ContactList::parse(&payload.body).map_err(bad_xml)?;
     let listed = ml.contacts.len();
     if listed > MAX_LISTED {

@@ -326,6 +326,7 @@ pub async fn put(
 ) -> Outcome {
     let b = bound(s)?;
     let me = b.account.clone();
+    super::charge_write(s)?;
     let req = ConversationPut::parse(&payload.body).map_err(bad_xml)?;
     let (id, key, mri) = conversation_ref(&me, &req.id)?;
     if req.properties.len() > MAX_PROPERTIES

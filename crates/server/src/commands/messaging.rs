@@ -345,7 +345,17 @@ pub async fn ack(
         .map(str::trim)
         .filter(|a| !a.is_empty() && a.len() <= 64)
         .ok_or_else(|| Refusal::new(ErrorCode::Syntax, "ACK without a usable Ack-Id"))?;
-    let message = s.delivered_message(ack_id);
+    // Only what this connection handed out is recorded: an invented Ack-Id is acknowledged (a
+    // harmless request) but stores nothing, so ACKs cannot fill the disk.
+    let Some(message) = s.handed_out(ack_id) else {
+        tracing::debug!(
+            conn = s.conn_id,
+            ack_id,
+            "ACK of an Ack-Id not handed out here; not recorded"
+        );
+        out.push(s.reply(frame, Vec::new(), false));
+        return Ok(Flow::Continue);
+    };
     tracing::debug!(conn = s.conn_id, ack_id, ?message, "ACK");
     s.state
         .storage

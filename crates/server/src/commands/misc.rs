@@ -27,6 +27,7 @@ async fn store_setting(
     let Some(bound) = s.bound().cloned() else {
         return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
     };
+    super::charge_write(s)?;
     if value.len() > MAX_SETTING_BYTES {
         return Err(Refusal::new(
             ErrorCode::InvalidParameter,
@@ -105,6 +106,7 @@ pub async fn report_spam(
     let Some(bound) = s.bound().cloned() else {
         return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
     };
+    super::charge_write(s)?;
     let body = ReportSpam::parse(&payload.body).map_err(bad_xml)?;
     if body.aliases.len() > MAX_REPORTED_ALIASES {
         return Err(Refusal::new(

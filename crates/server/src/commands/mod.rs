@@ -127,6 +127,23 @@ pub async fn dispatch(
     }
 }
 
+/// Takes one unit of the bound account's write allowance (`[write_rate]`): every command that
+/// stores rows other than messages calls this first, so what one account stores per unit of time
+/// is bounded (messages have their own rate).
+pub fn charge_write(s: &Session) -> Result<(), Refusal> {
+    let Some(bound) = s.bound() else {
+        return Err(Refusal::new(ErrorCode::AuthFailed, "not bound"));
+    };
+    if s.state.write_limiter.try_send(&bound.account) {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::RateLimited,
+            "too many changes; slow down",
+        ))
+    }
+}
+
 /// Maps an XML parse failure to 200.
 pub fn bad_xml(e: msnp24_proto::xml::XmlError) -> Refusal {
     Refusal::new(ErrorCode::Syntax, format!("bad XML: {e}"))

@@ -258,6 +258,7 @@ pub async fn put(
     out: &mut Vec<Frame>,
 ) -> Outcome {
     let b = bound_v2(s)?;
+    super::charge_write(s)?;
     let req = Thread::parse(&payload.body).map_err(bad_xml)?;
     let listed = resolve_members(s, &req.members).await?;
     let create = req.id.trim().is_empty();
@@ -293,6 +294,7 @@ pub async fn del(
     out: &mut Vec<Frame>,
 ) -> Outcome {
     let b = bound_v2(s)?;
+    super::charge_write(s)?;
     let req = Thread::parse(&payload.body).map_err(bad_xml)?;
     let id = thread_id(&req.id)?;
     let targets: Vec<AccountName> = resolve_members(s, &req.members)

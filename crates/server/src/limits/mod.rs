@@ -194,7 +194,8 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> KeyedRate<K, C> {
 /// Accounts whose send allowance is remembered before full ones are forgotten.
 const SEND_RATE_KEYS: usize = 10_000;
 
-/// Messages (`SDG`) per account, shared by the account's endpoints (§9 `803`).
+/// Something per account, shared by the account's endpoints (§9 `803`): messages (`SDG`), or
+/// commands that store other rows.
 pub struct SendLimiter {
     rate: KeyedRate<AccountName>,
 }
@@ -207,7 +208,7 @@ impl SendLimiter {
         }
     }
 
-    /// Takes one message's allowance for `account`; false when the account is over its rate.
+    /// Takes one unit of `account`'s allowance; false when the account is over its rate.
     pub fn try_send(&self, account: &AccountName) -> bool {
         self.rate.allow(account)
     }
