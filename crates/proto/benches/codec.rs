@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use msnp24_proto::frame::{decode, Limits};
-use msnp24_proto::{FormattedMessage, Frame, Headers, Payload};
+use msnp24_proto::{FormattedMessage, FormattedMessageRef, Frame, Headers, Payload};
 use std::hint::black_box;
 
 /// An SDG as Skype 7 sends it: transport headers, the three blocks, a short text body.
@@ -38,14 +38,27 @@ fn codec(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The full parse as the server does it: the frame, then its transport headers and formatted
+    // message borrowed from the payload.
     g.bench_function("decode + transport headers + formatted message", |b| {
         b.iter(|| {
             let (f, _) = decode(black_box(&wire), &limits).unwrap().unwrap();
-            let p = Payload::parse(&f.payload).unwrap();
-            let m = FormattedMessage::parse_payload(&f.payload).unwrap();
-            black_box((p, m))
+            let (transport, m) = FormattedMessageRef::parse_payload(&f.payload).unwrap();
+            black_box((transport.get("Registration"), m.to(), m.body.len()));
         })
     });
+    // The same into owned headers and message, as before the borrowed parse.
+    g.bench_function(
+        "decode + transport headers + formatted message, owned",
+        |b| {
+            b.iter(|| {
+                let (f, _) = decode(black_box(&wire), &limits).unwrap().unwrap();
+                let p = Payload::parse(&f.payload).unwrap();
+                let m = FormattedMessage::parse_payload(&f.payload).unwrap();
+                black_box((p, m))
+            })
+        },
+    );
     g.finish();
 
     let (_, message) = FormattedMessage::parse_payload(&frame.payload).unwrap();

@@ -1,7 +1,7 @@
 //! The formatted-message layout (reference §3) shared by chat messages, presence publications and
 //! presence notifications: a routing block, a reliability block, a content block, then the body.
 
-use crate::frame::{Headers, PayloadError};
+use crate::frame::{Headers, HeadersRef, PayloadError};
 
 /// A formatted message without its transport headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,15 +34,111 @@ pub enum FormattedError {
 }
 
 fn split_block(bytes: &[u8]) -> Result<(&[u8], &[u8]), FormattedError> {
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(FormattedError::Unterminated)?;
+    let end = memchr::memmem::find(bytes, b"\r\n\r\n").ok_or(FormattedError::Unterminated)?;
     Ok((&bytes[..end], &bytes[end + 4..]))
 }
 
 fn first_name(headers: &Headers) -> Option<&str> {
     headers.0.first().map(|(n, _)| n.as_str())
+}
+
+/// A formatted message borrowed from the bytes it was parsed from: the blocks as borrowed header
+/// lines and the body as a slice, so that reading an incoming message allocates no `String`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormattedMessageRef<'a> {
+    /// `Routing: 1.0`, `To`, `From` and any other routing lines, in order.
+    pub routing: HeadersRef<'a>,
+    /// `Reliability: 1.0` and any other reliability lines, in order (`Reliability: 1.0` alone
+    /// when the client left the block out).
+    pub reliability: HeadersRef<'a>,
+    /// `Messaging: 2.0` (or `Publication: 1.0` / `Notification: 1.0`) and its headers, in order.
+    pub content: HeadersRef<'a>,
+    /// The body, `Content-Length` bytes.
+    pub body: &'a [u8],
+}
+
+impl<'a> FormattedMessageRef<'a> {
+    /// Parses a whole frame payload: an optional transport header block (ended by an empty line),
+    /// then the formatted message. Returns the transport headers and the message.
+    pub fn parse_payload(
+        payload: &'a [u8],
+    ) -> Result<(HeadersRef<'a>, FormattedMessageRef<'a>), FormattedError> {
+        let (transport, rest) = if payload.starts_with(b"Routing:") {
+            (HeadersRef::default(), payload)
+        } else if let Some(rest) = payload.strip_prefix(b"\r\n") {
+            (HeadersRef::default(), rest)
+        } else {
+            let (block, rest) = split_block(payload)?;
+            (HeadersRef::parse_lines(block)?, rest)
+        };
+        Ok((transport, FormattedMessageRef::parse(rest)?))
+    }
+
+    /// Parses the three blocks and the body.
+    pub fn parse(bytes: &'a [u8]) -> Result<FormattedMessageRef<'a>, FormattedError> {
+        let is = |h: &HeadersRef<'_>, name: &str| {
+            h.0.first()
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        let (routing, rest) = split_block(bytes)?;
+        let routing = HeadersRef::parse_lines(routing)?;
+        if !is(&routing, "Routing") {
+            return Err(FormattedError::NoRouting);
+        }
+        let (second, rest) = split_block(rest)?;
+        let second = HeadersRef::parse_lines(second)?;
+        // Some clients leave the reliability block out; the content block then comes second.
+        let (reliability, content, rest) = if is(&second, "Reliability") {
+            let (content, rest) = split_block(rest)?;
+            (second, HeadersRef::parse_lines(content)?, rest)
+        } else {
+            (HeadersRef(vec![("Reliability", "1.0")]), second, rest)
+        };
+        let body = match content.get("Content-Length") {
+            Some(len) => {
+                let len: usize = len.trim().parse().map_err(|_| FormattedError::BadLength)?;
+                // A trailing `\r\n` after the body is tolerated (§1), a short body is not.
+                rest.get(..len).ok_or(FormattedError::BadLength)?
+            }
+            None => rest,
+        };
+        Ok(FormattedMessageRef {
+            routing,
+            reliability,
+            content,
+            body,
+        })
+    }
+
+    /// `To:` as written.
+    pub fn to(&self) -> Option<&'a str> {
+        self.routing.get("To")
+    }
+
+    /// `From:` as written.
+    pub fn from(&self) -> Option<&'a str> {
+        self.routing.get("From")
+    }
+
+    /// The content block's kind: `Messaging`, `Publication` or `Notification`.
+    pub fn kind(&self) -> Option<&'a str> {
+        self.content.0.first().map(|&(n, _)| n)
+    }
+
+    /// `Message-Type`, e.g. `Text` or `Control/Typing`.
+    pub fn message_type(&self) -> Option<&'a str> {
+        self.content.get("Message-Type")
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> FormattedMessage {
+        FormattedMessage {
+            routing: self.routing.to_owned(),
+            reliability: self.reliability.to_owned(),
+            content: self.content.to_owned(),
+            body: self.body.to_vec(),
+        }
+    }
 }
 
 impl FormattedMessage {
@@ -63,48 +159,13 @@ impl FormattedMessage {
     /// Parses a whole frame payload: an optional transport header block (ended by an empty line),
     /// then the formatted message. Returns the transport headers and the message.
     pub fn parse_payload(payload: &[u8]) -> Result<(Headers, FormattedMessage), FormattedError> {
-        let (transport, rest) = if payload.starts_with(b"Routing:") {
-            (Headers::new(), payload)
-        } else if let Some(rest) = payload.strip_prefix(b"\r\n") {
-            (Headers::new(), rest)
-        } else {
-            let (block, rest) = split_block(payload)?;
-            (Headers::parse_lines(block)?, rest)
-        };
-        Ok((transport, FormattedMessage::parse(rest)?))
+        let (transport, message) = FormattedMessageRef::parse_payload(payload)?;
+        Ok((transport.to_owned(), message.to_owned()))
     }
 
     /// Parses the three blocks and the body.
     pub fn parse(bytes: &[u8]) -> Result<FormattedMessage, FormattedError> {
-        let (routing, rest) = split_block(bytes)?;
-        let routing = Headers::parse_lines(routing)?;
-        if !first_name(&routing).is_some_and(|n| n.eq_ignore_ascii_case("Routing")) {
-            return Err(FormattedError::NoRouting);
-        }
-        let (second, rest) = split_block(rest)?;
-        let second = Headers::parse_lines(second)?;
-        // Some clients leave the reliability block out; the content block then comes second.
-        let (reliability, content, rest) =
-            if first_name(&second).is_some_and(|n| n.eq_ignore_ascii_case("Reliability")) {
-                let (content, rest) = split_block(rest)?;
-                (second, Headers::parse_lines(content)?, rest)
-            } else {
-                (Headers::new().with("Reliability", "1.0"), second, rest)
-            };
-        let body = match content.get("Content-Length") {
-            Some(len) => {
-                let len: usize = len.trim().parse().map_err(|_| FormattedError::BadLength)?;
-                // A trailing `\r\n` after the body is tolerated (§1), a short body is not.
-                rest.get(..len).ok_or(FormattedError::BadLength)?.to_vec()
-            }
-            None => rest.to_vec(),
-        };
-        Ok(FormattedMessage {
-            routing,
-            reliability,
-            content,
-            body,
-        })
+        FormattedMessageRef::parse(bytes).map(|m| m.to_owned())
     }
 
     /// The wire form, with `Content-Length` set to the body's size.
@@ -220,6 +281,26 @@ mod tests {
             Some("Text/plain; charset=UTF-8")
         );
         assert_eq!(m.body, b"hi");
+    }
+
+    #[test]
+    fn borrowed_parse_reads_what_the_owned_one_does() {
+        let (transport, m) = FormattedMessageRef::parse_payload(SDG).unwrap();
+        assert_eq!(transport.get("Registration"), Some("abc"));
+        assert_eq!((m.to(), m.kind()), (Some("8:bob"), Some("Messaging")));
+        assert_eq!(m.body, b"hi");
+        let (owned_transport, owned) = FormattedMessage::parse_payload(SDG).unwrap();
+        assert_eq!(
+            (transport.to_owned(), m.to_owned()),
+            (owned_transport, owned)
+        );
+        // A message without its reliability block reads as if it had `Reliability: 1.0`.
+        let short =
+            b"Routing: 1.0\r\nTo: 8:bob\r\n\r\nMessaging: 2.0\r\nContent-Length: 2\r\n\r\nhi";
+        let m = FormattedMessageRef::parse(short).unwrap();
+        assert_eq!(m.reliability.get("Reliability"), Some("1.0"));
+        assert_eq!(m.message_type(), None);
+        assert_eq!(m.to_owned(), FormattedMessage::parse(short).unwrap());
     }
 
     #[test]

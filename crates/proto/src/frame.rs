@@ -200,7 +200,7 @@ fn parse_decimal(s: &str) -> Option<u64> {
 /// the frame and the number of bytes it used are returned.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, FrameError> {
     let scan = &buf[..buf.len().min(limits.max_line)];
-    let Some(eol) = scan.windows(2).position(|w| w == b"\r\n") else {
+    let Some(eol) = memchr::memmem::find(scan, b"\r\n") else {
         if buf.len() >= limits.max_line {
             return Err(FrameError::LineTooLong(limits.max_line));
         }
@@ -314,16 +314,67 @@ impl Headers {
 
     /// Parses `Name: value` lines; `lines` holds no empty line.
     pub fn parse_lines(lines: &[u8]) -> Result<Headers, PayloadError> {
+        HeadersRef::parse_lines(lines).map(|h| h.to_owned())
+    }
+}
+
+/// A header block borrowed from the bytes it was parsed from: the same lines as [`Headers`]
+/// without a `String` per name and value, for the parse of every incoming frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadersRef<'a>(pub Vec<(&'a str, &'a str)>);
+
+impl<'a> HeadersRef<'a> {
+    /// Parses `Name: value` lines; `lines` holds no empty line. Accepts and refuses exactly what
+    /// [`Headers::parse_lines`] does.
+    pub fn parse_lines(lines: &'a [u8]) -> Result<HeadersRef<'a>, PayloadError> {
         let text = std::str::from_utf8(lines).map_err(|_| PayloadError::InvalidUtf8)?;
-        let mut headers = Headers::new();
-        for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        let mut headers = Vec::with_capacity(8);
+        let mut start = 0;
+        let ends = memchr::memmem::find_iter(lines, b"\r\n").chain([lines.len()]);
+        // `text` is split at every `\r\n` (both ASCII, so every split is on a char boundary).
+        for line in ends
+            .map(|end| {
+                let line = &text[start.min(end)..end];
+                start = end + 2;
+                line
+            })
+            .filter(|l| !l.is_empty())
+        {
             let (name, value) = line.split_once(':').ok_or(PayloadError::BadHeader)?;
             if !valid_header_name(name) {
                 return Err(PayloadError::BadHeader);
             }
-            headers.push(name, value.trim_start_matches(' ').trim_end());
+            headers.push((name, value.trim_start_matches(' ').trim_end()));
         }
-        Ok(headers)
+        Ok(HeadersRef(headers))
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, v)| v)
+    }
+
+    /// The headers in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// Whether the block is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Headers {
+        Headers(
+            self.0
+                .iter()
+                .map(|&(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 }
 
@@ -332,6 +383,44 @@ pub fn valid_header_name(name: &str) -> bool {
     name.len() <= 64
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A payload borrowed from its frame: the transport headers and the body as slices of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PayloadRef<'a> {
+    /// Transport headers (`Registration`, `Set-Registration`, `Ack-Id`…).
+    pub headers: HeadersRef<'a>,
+    /// Everything after the empty line: XML or a formatted message.
+    pub body: &'a [u8],
+}
+
+impl<'a> PayloadRef<'a> {
+    /// Reads any of the shapes of §1, as [`Payload::parse`] does, without copying.
+    pub fn parse(bytes: &'a [u8]) -> Result<PayloadRef<'a>, PayloadError> {
+        let body = |body| PayloadRef {
+            headers: HeadersRef::default(),
+            body,
+        };
+        if bytes.is_empty() {
+            return Ok(body(bytes));
+        }
+        if let Some(rest) = bytes.strip_prefix(b"\r\n") {
+            return Ok(body(rest));
+        }
+        if bytes.first() == Some(&b'<') || bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(body(bytes));
+        }
+        match memchr::memmem::find(bytes, b"\r\n\r\n") {
+            Some(end) => Ok(PayloadRef {
+                headers: HeadersRef::parse_lines(&bytes[..end])?,
+                body: &bytes[end + 4..],
+            }),
+            None => Ok(PayloadRef {
+                headers: HeadersRef::parse_lines(bytes)?,
+                body: &[],
+            }),
+        }
+    }
 }
 
 /// A payload: a (possibly empty) header block and a body.
@@ -368,25 +457,11 @@ impl Payload {
     /// Reads any of the shapes of §1: headers + empty line + body, `\r\n` + body, a body starting
     /// with `<`, or header lines with no empty line and no body.
     pub fn parse(bytes: &[u8]) -> Result<Payload, PayloadError> {
-        if bytes.is_empty() {
-            return Ok(Payload::default());
-        }
-        if let Some(rest) = bytes.strip_prefix(b"\r\n") {
-            return Ok(Payload::body(rest));
-        }
-        if bytes.first() == Some(&b'<') || bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Payload::body(bytes));
-        }
-        match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(end) => Ok(Payload {
-                headers: Headers::parse_lines(&bytes[..end])?,
-                body: bytes[end + 4..].to_vec(),
-            }),
-            None => Ok(Payload {
-                headers: Headers::parse_lines(bytes)?,
-                body: Vec::new(),
-            }),
-        }
+        let p = PayloadRef::parse(bytes)?;
+        Ok(Payload {
+            headers: p.headers.to_owned(),
+            body: p.body.to_vec(),
+        })
     }
 
     /// The wire form: headers, the empty line, the body — never empty (§0.3).

@@ -9,6 +9,6 @@ pub mod mri;
 pub mod xml;
 
 pub use error::ErrorCode;
-pub use formatted::FormattedMessage;
-pub use frame::{Frame, FrameError, Headers, Limits, Payload};
+pub use formatted::{FormattedMessage, FormattedMessageRef};
+pub use frame::{Frame, FrameError, Headers, HeadersRef, Limits, Payload, PayloadRef};
 pub use mri::{AccountName, Epid, Mri};

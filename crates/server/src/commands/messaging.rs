@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use msnp24_proto::mri::Network;
-use msnp24_proto::{AccountName, ErrorCode, FormattedMessage, Frame, Headers, Mri, Payload};
+use msnp24_proto::{
+    AccountName, ErrorCode, FormattedMessage, FormattedMessageRef, Frame, Headers, Mri, Payload,
+};
 
 use super::{internal, Flow, Outcome, Refusal};
 use crate::routing::{Delivery, DeliveryFilter, Outbound};
@@ -94,7 +96,9 @@ pub async fn sdg(s: &mut Session, frame: &Frame, out: &mut Vec<Frame>) -> Outcom
             "too many messages; slow down",
         ));
     }
-    let (_, msg) = FormattedMessage::parse_payload(&frame.payload)
+    // The transport headers were read with the frame; only the message is made owned here.
+    let msg = FormattedMessageRef::parse_payload(&frame.payload)
+        .map(|(_, m)| m.to_owned())
         .map_err(|e| Refusal::new(ErrorCode::Syntax, format!("bad message: {e}")))?;
     if !msg
         .kind()

@@ -6,7 +6,7 @@ use msnp24_proto::xml::endpoint::{ImOnlineEndpoint, ImOnlineResponse};
 use msnp24_proto::xml::presence_doc::UserDoc;
 use msnp24_proto::xml::presence_query::{PresenceQuery, PresenceResponse};
 use msnp24_proto::xml::XmlError;
-use msnp24_proto::{AccountName, ErrorCode, FormattedMessage, Frame, Mri, Payload};
+use msnp24_proto::{AccountName, ErrorCode, FormattedMessageRef, Frame, Mri, Payload};
 
 use super::{bad_xml, internal, Flow, Outcome, Refusal};
 use crate::contacts::presence_flows;
@@ -21,9 +21,10 @@ fn bound(s: &Session) -> Result<Bound, Refusal> {
 
 /// The `<user>` document of a publication: inside a formatted message (§3), or bare.
 fn publication(frame: &Frame, payload: &Payload) -> Result<Option<UserDoc>, Refusal> {
-    let body = match FormattedMessage::parse_payload(&frame.payload) {
+    // Borrowed: only the body is read, so no header line is copied.
+    let body = match FormattedMessageRef::parse_payload(&frame.payload) {
         Ok((_, m)) => m.body,
-        Err(_) if payload.body.trim_ascii_start().starts_with(b"<") => payload.body.clone(),
+        Err(_) if payload.body.trim_ascii_start().starts_with(b"<") => &payload.body[..],
         Err(e) => {
             return Err(Refusal::new(
                 ErrorCode::Syntax,
@@ -31,7 +32,7 @@ fn publication(frame: &Frame, payload: &Payload) -> Result<Option<UserDoc>, Refu
             ))
         }
     };
-    match UserDoc::parse(&body) {
+    match UserDoc::parse(body) {
         Ok(doc) => Ok(Some(doc)),
         // Well-formed but about something else (another `Uri`): acknowledged, nothing to merge.
         Err(XmlError::UnexpectedRoot { .. }) => Ok(None),
