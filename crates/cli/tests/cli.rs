@@ -613,7 +613,8 @@ fn admin_lists_spam_reports_and_settings() {
 
 #[test]
 fn sigterm_during_traffic_loses_no_acknowledged_message() {
-    use msnp24_server::storage::{conversation_key, SqliteStorage, Storage};
+    use msnp24_server::storage::prelude::*;
+    use msnp24_server::storage::{conversation_key, SqliteStorage};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 

@@ -443,7 +443,8 @@ async fn bad_input_after_bind() {
 
 /// After the bad input: the database is sound and holds exactly what was acknowledged.
 async fn nothing_stored_but_the_good(t: &TestServer) {
-    use msnp24_server::storage::{conversation_key, SqliteStorage, Storage};
+    use msnp24_server::storage::prelude::*;
+    use msnp24_server::storage::{conversation_key, SqliteStorage};
     let db = SqliteStorage::open(&t.config.database_path())
         .await
         .unwrap();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use msnp24_proto::AccountName;
 use msnp24_server::storage::list_bits::{ALLOW, BLOCK, FORWARD, PENDING};
+use msnp24_server::storage::prelude::*;
 use msnp24_server::storage::{
     conversation_key, AckRecord, ContactUpdate, NewMessage, Participant, PostgresStorage,
     ProfileUpdate, RecentPosition, Setting, SettingScope, SpamReport, SqliteStorage, Storage,

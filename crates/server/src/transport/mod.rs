@@ -126,6 +126,13 @@ impl Transport {
             Transport::Gateway => "gateway",
         }
     }
+
+    /// The transport a label names.
+    pub fn parse(label: &str) -> Option<Transport> {
+        [Transport::Tcp, Transport::Tls, Transport::Gateway]
+            .into_iter()
+            .find(|t| t.as_str() == label)
+    }
 }
 
 /// The span every line of one connection is logged in: its id and account are recorded once
@@ -198,7 +205,7 @@ pub async fn serve_connection<C: Connection>(
 ) {
     let (tx, mut rx) = mpsc::channel(state.config.outbound_queue.max(1));
     let (kick_tx, mut kick_rx) = watch::channel(None);
-    let mut session = Session::new(state.clone(), peer, tx, Arc::new(kick_tx));
+    let mut session = Session::new(state.clone(), peer, conn.transport(), tx, Arc::new(kick_tx));
     let id = session.conn_id;
     let span = tracing::Span::current();
     span.record("conn", id);
