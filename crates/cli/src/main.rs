@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 mod bench;
+mod progress;
 use clap::{Args, Parser, Subcommand};
 use msnp24_proto::AccountName;
 use msnp24_server::accounts::AccountError;
@@ -47,7 +48,7 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
-    /// Inspect what clients stored: spam reports and endpoint settings.
+    /// Operate a server: live sessions, kicks, backups, and what clients stored.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
@@ -70,6 +71,27 @@ enum AdminCommand {
     Backup {
         /// The copy to write (must not exist yet).
         file: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List the endpoints bound on the running server (every node of its cluster).
+    Sessions {
+        /// Only this account's endpoints.
+        #[arg(long)]
+        account: Option<String>,
+        /// One JSON array of rows instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Sign an account's endpoints out (`OUT`) on the running server, on any node of its cluster.
+    Kick {
+        /// Account name.
+        name: String,
+        /// Only this endpoint.
+        #[arg(long)]
+        epid: Option<String>,
         #[command(flatten)]
         dir: DataDir,
     },
@@ -649,7 +671,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::List { dir } => {
             let storage = open(&dir).await?;
-            let accounts = storage.list_accounts().await?;
+            let accounts = progress::spinning("loading accounts", storage.list_accounts()).await?;
             for a in &accounts {
                 match &a.email {
                     Some(email) => println!("{}\t{}", esc(a.name.as_str()), esc(email)),
@@ -680,7 +702,7 @@ async fn user(command: UserCommand) -> anyhow::Result<()> {
             if storage.account(&name).await?.is_none() {
                 bail!("no account named {name}");
             }
-            let contacts = storage.contacts(&name).await?;
+            let contacts = progress::spinning("loading contacts", storage.contacts(&name)).await?;
             for c in &contacts {
                 println!("{}\t{}", esc(c.name.as_str()), describe_bits(c.bits));
             }
@@ -781,15 +803,7 @@ async fn backup(file: PathBuf, dir: DataDir) -> anyhow::Result<()> {
         bail!("{} exists; the backup goes to a new file", file.display());
     }
     let total = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} backup {bytes}/{total_bytes} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress::bar(total, "{spinner} backup {bytes}/{total_bytes} {elapsed}");
     let copy = msnp24_server::storage::sqlite::backup_into(&db, &file);
     tokio::pin!(copy);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -815,14 +829,120 @@ async fn backup(file: PathBuf, dir: DataDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why an admin command that needs the running server cannot reach it.
+fn not_running(dir: &DataDir) -> String {
+    format!(
+        "no server is running on {}: its control socket {} is missing or nothing answers on it \
+         (run this as the server's user, with the server's --data-dir)",
+        dir.data_dir.display(),
+        msnp24_server::control::socket_path(&dir.data_dir).display()
+    )
+}
+
+/// `admin sessions`: the running server's bound endpoints, as a table (every field escaped) or,
+/// with `--json`, as one JSON array.
+async fn sessions(account: Option<String>, json: bool, dir: DataDir) -> anyhow::Result<()> {
+    let account = account.as_deref().map(name).transpose()?;
+    let bar = progress::bar(0, "{spinner} sessions {pos}/{len} {elapsed}");
+    let rows = msnp24_server::control::sessions(&dir.data_dir, account.as_ref(), |read, total| {
+        bar.set_length(total as u64);
+        bar.set_position(read as u64);
+    })
+    .await;
+    bar.finish_and_clear();
+    let Some(rows) = rows? else {
+        bail!(not_running(&dir));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let cluster = rows.iter().any(|r| r.node.is_some());
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut table: Vec<Vec<String>> = vec![[
+        "ACCOUNT",
+        "EPID",
+        "TRANSPORT",
+        "PEER",
+        "CLIENT",
+        "VERSION",
+        "SINCE",
+        "NODE",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect()];
+    for r in &rows {
+        table.push(
+            [
+                r.account.clone(),
+                r.epid.clone(),
+                dash(&r.transport),
+                dash(&r.peer),
+                r.client.clone(),
+                r.client_version.clone(),
+                dash(&r.since),
+                dash(&r.node),
+            ]
+            .iter()
+            .map(|f| esc(f).to_string())
+            .collect(),
+        );
+    }
+    let columns = if cluster { 8 } else { 7 };
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in &table {
+        let line: Vec<String> = (0..columns)
+            .map(|c| format!("{:<w$}", row[c], w = widths[c]))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    eprintln!("{} endpoint(s)", rows.len());
+    Ok(())
+}
+
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     use msnp24_server::commands::messaging::iso_time;
     use msnp24_server::storage::SettingScope;
     match command {
         AdminCommand::Backup { file, dir } => backup(file, dir).await?,
+        AdminCommand::Sessions { account, json, dir } => sessions(account, json, dir).await?,
+        AdminCommand::Kick {
+            name: raw,
+            epid,
+            dir,
+        } => {
+            let name = name(&raw)?;
+            let epid = epid
+                .map(|e| {
+                    msnp24_proto::Epid::parse(&e).map_err(|_| anyhow::anyhow!("{e:?}: not an epid"))
+                })
+                .transpose()?;
+            match msnp24_server::control::kick(
+                &dir.data_dir,
+                &name,
+                epid.as_ref(),
+                KickReason::Admin,
+            )
+            .await?
+            {
+                Some(n) => println!("signed out {n} endpoint(s) of {name}"),
+                None => bail!(not_running(&dir)),
+            }
+        }
         AdminCommand::Reports { dir } => {
             let storage = open(&dir).await?;
-            let reports = storage.spam_reports().await?;
+            let reports =
+                progress::spinning("loading spam reports", storage.spam_reports()).await?;
             for r in &reports {
                 println!(
                     "{}\t{}\t{}\t{}",
@@ -837,7 +957,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Settings { dir } => {
             let storage = open(&dir).await?;
-            let settings = storage.settings().await?;
+            let settings = progress::spinning("loading settings", storage.settings()).await?;
             for s in &settings {
                 let scope = match &s.scope {
                     SettingScope::Endpoint(epid) => epid.as_str(),

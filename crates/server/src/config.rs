@@ -48,6 +48,8 @@ pub struct Config {
     /// Seconds without any request after which a gateway session ends as a dropped connection
     /// does (§11, sent as `X-MSN-SessionTimeout`).
     pub gateway_session_timeout_secs: u64,
+    /// Request bodies one gateway session may have waiting to be handled; more at once get `429`.
+    pub gateway_pending_sends: usize,
     /// Frames each connection may have waiting to be written before it is dropped as too slow.
     pub outbound_queue: usize,
     /// Failed-login throttling.
@@ -57,8 +59,18 @@ pub struct Config {
     /// Commands that store rows other than messages (contact lists, threads, spam reports,
     /// settings, conversation properties), per account: beyond it `803`.
     pub write_rate: SendRateConfig,
-    /// Open MSNP connections (plaintext and TLS together) allowed from one address; 0: no limit.
+    /// Open connections allowed from one address, counted once for MSNP (plaintext, TLS and
+    /// gateway sessions together) and once for HTTP(S) (HTTP, HTTPS and metrics together);
+    /// 0: no limit.
     pub max_connections_per_ip: usize,
+    /// Seconds an HTTP(S) request may take from its first byte to the end of its headers.
+    pub http_header_timeout_secs: u64,
+    /// Seconds an HTTP(S) connection may wait for its next request (or its first).
+    pub http_idle_timeout_secs: u64,
+    /// File descriptors kept from connections for everything else the process opens (the
+    /// database, listeners, cluster links): connections beyond the open-file limit less this
+    /// are refused.
+    pub descriptor_reserve: usize,
     /// Frames per second one connection may send on average; 0: no limit.
     pub frames_per_sec: u32,
     /// Frames one connection may send in a burst above `frames_per_sec`.
@@ -217,6 +229,7 @@ impl Default for Config {
             registration_ttl_secs: 24 * 3600,
             outbound_queue: 256,
             gateway_session_timeout_secs: 120,
+            gateway_pending_sends: 4,
             login_throttle: ThrottleConfig::default(),
             send_rate: SendRateConfig::default(),
             write_rate: SendRateConfig {
@@ -224,6 +237,9 @@ impl Default for Config {
                 burst: 300,
             },
             max_connections_per_ip: 64,
+            http_header_timeout_secs: 10,
+            http_idle_timeout_secs: 60,
+            descriptor_reserve: 64,
             frames_per_sec: 100,
             frame_burst: 1000,
             challenges: ChallengeConfig::default(),
@@ -247,6 +263,14 @@ impl Config {
     /// The idle timeout as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The HTTP(S) listeners' timeouts.
+    pub fn http_timeouts(&self) -> crate::http::listener::Timeouts {
+        crate::http::listener::Timeouts {
+            header: Duration::from_secs(self.http_header_timeout_secs),
+            idle: Duration::from_secs(self.http_idle_timeout_secs),
+        }
     }
 
     /// How long a dropped endpoint stays present.

@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 use crate::certs;
 use crate::cluster::Coordination;
 use crate::config::Config;
-use crate::http::PeerAddr;
 use crate::state::AppState;
 use crate::storage::{PostgresStorage, SqliteStorage, Storage};
 use crate::tokens::TokenSigner;
@@ -164,6 +163,25 @@ async fn control_listener(dir: &std::path::Path) -> Option<tokio::net::UnixListe
     }
 }
 
+/// Serves one HTTP(S) listener with the server's limits.
+async fn serve_http(
+    listener: TcpListener,
+    config: crate::http::listener::Listener,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+    done: transport::DoneGuard,
+) {
+    crate::http::listener::serve(
+        listener,
+        config,
+        &state.http_connections,
+        &state.descriptors,
+        shutdown,
+        done,
+    )
+    .await
+}
+
 impl Server {
     /// Opens storage and binds every listener; returns once all are accepting.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
@@ -236,35 +254,37 @@ impl Server {
             crate::http::gateway::Gateway::new(state.clone(), shutdown_rx.clone(), done_tx.clone());
         let http = bind(config.http_listen, "HTTP").await?;
         let http_addr = http.local_addr()?;
-        let app = crate::http::routes(state.clone(), gateway.clone())
-            .into_make_service_with_connect_info::<PeerAddr>();
-        let mut stop = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let result = axum::serve(http, app)
-                .with_graceful_shutdown(async move { transport::stopped(&mut stop).await })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "HTTP listener failed");
-            }
-        }));
+        let listener = crate::http::listener::Listener {
+            label: "http",
+            app: crate::http::routes(state.clone(), gateway.clone()),
+            tls: None,
+            timeouts: config.http_timeouts(),
+        };
+        tasks.push(tokio::spawn(serve_http(
+            http,
+            listener,
+            state.clone(),
+            shutdown_rx.clone(),
+            done_tx.clone(),
+        )));
 
         let mut https_addr = None;
         if let (Some(addr), Some(material)) = (config.https_listen, &tls_material) {
-            let listener = bind(addr, "HTTPS").await?;
-            https_addr = Some(listener.local_addr()?);
-            let tls =
-                tls::TlsListener::spawn(listener, tls::acceptor(material)?, shutdown_rx.clone())?;
-            let app = crate::http::routes(state.clone(), gateway.clone())
-                .into_make_service_with_connect_info::<PeerAddr>();
-            let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = axum::serve(tls, app)
-                    .with_graceful_shutdown(async move { transport::stopped(&mut stop).await })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "HTTPS listener failed");
-                }
-            }));
+            let https = bind(addr, "HTTPS").await?;
+            https_addr = Some(https.local_addr()?);
+            let listener = crate::http::listener::Listener {
+                label: "https",
+                app: crate::http::routes(state.clone(), gateway.clone()),
+                tls: Some(tls::acceptor(material)?),
+                timeouts: config.http_timeouts(),
+            };
+            tasks.push(tokio::spawn(serve_http(
+                https,
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+                done_tx.clone(),
+            )));
         }
         let mut metrics_addr = None;
         if let Some((handle, listener)) = metrics {
@@ -272,7 +292,9 @@ impl Server {
             tasks.push(tokio::spawn(crate::stats::serve(
                 listener,
                 handle,
+                state.clone(),
                 shutdown_rx.clone(),
+                done_tx.clone(),
             )));
         }
         drop(done_tx);

@@ -59,6 +59,8 @@ pub struct Session {
     pub context: String,
     /// The peer's address.
     pub peer: SocketAddr,
+    /// The transport the connection came over.
+    pub transport: crate::transport::Transport,
     /// Handshake state.
     pub phase: Phase,
     /// This connection's outbound queue (handed to the router at BND).
@@ -98,6 +100,7 @@ impl Session {
     pub fn new(
         state: Arc<AppState>,
         peer: SocketAddr,
+        transport: crate::transport::Transport,
         tx: mpsc::Sender<Outbound>,
         kick: Arc<watch::Sender<Option<KickReason>>>,
     ) -> Session {
@@ -108,6 +111,7 @@ impl Session {
             conn_id,
             context,
             peer,
+            transport,
             phase: Phase::New,
             tx,
             kick,

@@ -7,7 +7,7 @@ use msnp24_proto::Limits;
 
 use crate::cluster::SharedLocks;
 use crate::config::Config;
-use crate::limits::{ConnectionLimiter, LoginThrottle, SendLimiter};
+use crate::limits::{ConnectionLimiter, DescriptorBudget, LoginThrottle, SendLimiter};
 use crate::presence::{PresenceService, PresenceStore};
 use crate::routing::Router;
 use crate::storage::Account;
@@ -46,8 +46,12 @@ pub struct AppState {
     pub send_limiter: SendLimiter,
     /// Commands that store rows other than messages, per account.
     pub write_limiter: SendLimiter,
-    /// Open connections per client address.
+    /// Open MSNP connections and gateway sessions per client address.
     pub connections: ConnectionLimiter,
+    /// Open HTTP(S) connections per client address.
+    pub http_connections: ConnectionLimiter,
+    /// File descriptors the listeners may give connections.
+    pub descriptors: DescriptorBudget,
     /// One lock per thread, so its members see its changes and messages in one order.
     pub thread_locks: crate::threads::ThreadLocks,
     next_conn: AtomicU64,
@@ -82,6 +86,8 @@ impl AppState {
         let connections = ConnectionLimiter::new(config.max_connections_per_ip);
         AppState {
             connections,
+            http_connections: ConnectionLimiter::new(config.max_connections_per_ip),
+            descriptors: DescriptorBudget::from_rlimit(config.descriptor_reserve),
             config,
             storage,
             router,

@@ -189,7 +189,9 @@ fn describe() {
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    mut shutdown: watch::Receiver<bool>,
+    state: std::sync::Arc<crate::state::AppState>,
+    shutdown: watch::Receiver<bool>,
+    done: crate::transport::DoneGuard,
 ) {
     let upkeep = handle.clone();
     let app = axum::Router::new().route(
@@ -213,15 +215,22 @@ pub async fn serve(
             upkeep.run_upkeep();
         }
     });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await;
+    let config = crate::http::listener::Listener {
+        label: "metrics",
+        app,
+        tls: None,
+        timeouts: state.config.http_timeouts(),
+    };
+    crate::http::listener::serve(
+        listener,
+        config,
+        &state.http_connections,
+        &state.descriptors,
+        shutdown,
+        done,
+    )
+    .await;
     upkeep_task.abort();
-    if let Err(e) = result {
-        tracing::error!(error = %e, "metrics listener failed");
-    }
 }
 
 /// Binds the metrics listener.

@@ -510,11 +510,15 @@ async fn a_thousand_polls_at_once_cost_bounded_memory() {
     let (id, _) = open_signed_in(&t, "alice").await;
     let http = reqwest::Client::new();
     let base = format!("{}/gateway/gateway.dll", t.http());
-    // A thousand polls on one session: one stays held, every other is answered at once.
+    // A thousand polls on one session: one stays held, every other is answered at once. At
+    // most 24 at a time, so that they fit in the address's 32 HTTP connections.
+    let lanes = std::sync::Arc::new(tokio::sync::Semaphore::new(24));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..1000 {
         let (http, base, id) = (http.clone(), base.clone(), id.clone());
+        let lanes = lanes.clone();
         set.spawn(async move {
+            let _lane = lanes.acquire_owned().await.unwrap();
             let r = http
                 .post(format!("{base}?Action=poll&SessionID={id}&Lifespan=3"))
                 .send()
@@ -535,7 +539,9 @@ async fn a_thousand_polls_at_once_cost_bounded_memory() {
     let mut set = tokio::task::JoinSet::new();
     for i in 0..1000u32 {
         let (http, base) = (http.clone(), base.clone());
+        let lanes = lanes.clone();
         set.spawn(async move {
+            let _lane = lanes.acquire_owned().await.unwrap();
             let q = if i % 2 == 0 {
                 format!("Action=poll&SessionID={i}.{i}&Lifespan=30")
             } else {

@@ -24,9 +24,10 @@ use tokio::task::JoinHandle;
 use super::keys::Keys;
 use super::Orphans;
 use crate::routing::{
-    Delivery, DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason, LocalRouter,
-    Outbound, Router,
+    Delivery, DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason,
+    ListedEndpoint, LocalRouter, Origin, Outbound, Router,
 };
+use crate::transport::Transport;
 
 /// Replaces an endpoint's registration and returns the one it replaced.
 const BIND: &str = r"
@@ -57,6 +58,9 @@ end
 return 0
 ";
 
+/// Accounts whose registrations one pipelined call of `admin sessions` reads.
+const LIST_BATCH: usize = 512;
+
 /// Endpoint info as registered.
 #[derive(Debug, Serialize, Deserialize)]
 struct WireInfo {
@@ -65,6 +69,24 @@ struct WireInfo {
     cver: String,
     msg: bool,
     pres: bool,
+    /// Transport, peer address and bind time (unix ms), for `admin sessions`; absent in
+    /// registrations of older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<i64>,
+}
+
+impl WireInfo {
+    fn origin(&self) -> Option<Origin> {
+        Some(Origin {
+            transport: Transport::parse(self.tr.as_deref()?)?,
+            peer: self.peer.as_deref()?.parse().ok()?,
+            since_ms: self.since?,
+        })
+    }
 }
 
 /// One registration read back: who owns it and what it is.
@@ -86,6 +108,9 @@ fn encode_entry(node: &str, conn: u64, info: &EndpointInfo) -> String {
         cver: info.client_ver.clone(),
         msg: info.messaging,
         pres: info.presence,
+        tr: info.origin.map(|o| o.transport.as_str().to_string()),
+        peer: info.origin.map(|o| o.peer.to_string()),
+        since: info.origin.map(|o| o.since_ms),
     };
     // Serialising plain strings and numbers cannot fail.
     let json = serde_json::to_string(&wire).unwrap_or_default();
@@ -97,10 +122,12 @@ fn decode_entry(epid: &str, raw: &str) -> Option<Registered> {
     let node = parts.next()?.to_string();
     let conn = parts.next()?.parse().ok()?;
     let wire: WireInfo = serde_json::from_str(parts.next()?).ok()?;
+    let origin = wire.origin();
     Some(Registered {
         node,
         conn,
         info: EndpointInfo {
+            origin,
             epid: Epid::parse(epid).ok()?,
             ver: wire.ver,
             client_name: wire.name,
@@ -329,6 +356,31 @@ impl Shared {
             })
             .filter(|r| !self.is_dead(&r.node))
             .collect())
+    }
+
+    /// Every account with an endpoint registered by another live node.
+    async fn accounts_elsewhere(&self) -> anyhow::Result<Vec<AccountName>> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("Redis: {e}"))?;
+        let mut accounts = HashSet::new();
+        for node in nodes.iter().filter(|n| **n != self.id && !self.is_dead(n)) {
+            let members: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.keys.node_endpoints(node))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| anyhow::anyhow!("Redis: {e}"))?;
+            accounts.extend(
+                members
+                    .iter()
+                    .filter_map(|m| parse_member(m))
+                    .map(|(a, _)| a.account),
+            );
+        }
+        Ok(accounts.into_iter().collect())
     }
 
     async fn publish(&self, node: &str, bytes: Vec<u8>) -> redis::RedisResult<()> {
@@ -763,6 +815,45 @@ impl Router for RedisRouter {
         ended
     }
 
+    async fn list(&self, account: Option<&AccountName>) -> anyhow::Result<Vec<ListedEndpoint>> {
+        let s = &self.shared;
+        let accounts: Vec<AccountName> = match account {
+            Some(a) => vec![a.clone()],
+            None => s.accounts_elsewhere().await?,
+        };
+        let mut listed = s.local.list_here(account);
+        for l in &mut listed {
+            l.node = Some(s.id.clone());
+        }
+        // One round trip per batch, not per account: a listing of a large cluster stays quick.
+        for batch in accounts.chunks(LIST_BATCH) {
+            let mut pipe = redis::pipe();
+            for a in batch {
+                pipe.cmd("HGETALL").arg(s.keys.endpoints(a));
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe
+                .query_async(&mut s.conn.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("Redis: {e}"))?;
+            for (a, hash) in batch.iter().zip(hashes) {
+                for (epid, raw) in &hash {
+                    let Some(r) = decode_entry(epid, raw) else {
+                        continue;
+                    };
+                    // This node's own come from memory, which is never behind.
+                    if r.node != s.id && !s.is_dead(&r.node) {
+                        listed.push(ListedEndpoint {
+                            account: a.clone(),
+                            node: Some(r.node),
+                            info: r.info,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(listed)
+    }
+
     async fn leave(&self) {
         let s = &self.shared;
         for t in &self.tasks {
@@ -808,11 +899,21 @@ mod tests {
             client_ver: "7.0".into(),
             messaging: true,
             presence: false,
+            origin: Some(Origin {
+                transport: Transport::Gateway,
+                peer: "[::1]:443".parse().unwrap(),
+                since_ms: 1_700_000_000_123,
+            }),
         };
         let raw = encode_entry("abc", u64::MAX - 3, &info);
         let back = decode_entry(&epid().to_string(), &raw).unwrap();
         assert_eq!((back.node.as_str(), back.conn), ("abc", u64::MAX - 3));
         assert_eq!(back.info, info);
+        // A registration of an older node, without the origin, is still read.
+        let old = r#"abc|1|{"ver":2,"name":"x","cver":"1","msg":true,"pres":true}"#;
+        let back = decode_entry(&epid().to_string(), old).unwrap();
+        assert_eq!(back.info.origin, None);
+        assert!(back.info.messaging);
         assert!(raw.starts_with(&owner("abc", u64::MAX - 3)));
         assert!(decode_entry("nope", &raw).is_none());
         assert!(decode_entry(&epid().to_string(), "abc|1").is_none());

@@ -4,7 +4,7 @@ use msnp24_proto::xml::bind::{Msgr, MsgrResponse};
 use msnp24_proto::{Epid, ErrorCode, Frame, Payload};
 
 use super::{bad_xml, Flow, Outcome, Refusal};
-use crate::routing::{EndpointHandle, EndpointInfo, KickReason};
+use crate::routing::{EndpointHandle, EndpointInfo, KickReason, Origin};
 use crate::session::{Bound, Phase, Session};
 
 /// Binds the endpoint; an older connection with the same epid is sent `OUT` and closed.
@@ -41,6 +41,11 @@ pub async fn bnd(
             client_ver: client.ver,
             messaging: false,
             presence: false,
+            origin: Some(Origin {
+                transport: s.transport,
+                peer: s.peer,
+                since_ms: crate::state::now_ms(),
+            }),
         },
         max_payload: s.state.config.max_payload,
     };

@@ -44,7 +44,7 @@ pub fn put(s: &mut Session, frame: &Frame, payload: &Payload, out: &mut Vec<Fram
             "wrong challenge answer",
         ));
     }
-    tracing::info!(conn = s.conn_id, app_id = %answer.app_id, "challenge passed");
+    tracing::info!(conn = s.conn_id, app_id = %crate::text::log(&answer.app_id), "challenge passed");
     s.challenge_nonce = None;
     out.push(s.reply(frame, Vec::new(), false));
     Ok(Flow::Continue)

@@ -139,7 +139,7 @@ pub async fn report_spam(
         .await
         .map_err(internal)?;
     for r in &reports {
-        tracing::warn!(conn = s.conn_id, reporter = %r.reporter, reported = %r.reported, "spam report");
+        tracing::warn!(conn = s.conn_id, reporter = %r.reporter, reported = %crate::text::log(&r.reported), "spam report");
     }
     out.push(s.reply(frame, Vec::new(), false));
     Ok(Flow::Continue)

@@ -94,7 +94,7 @@ async fn resolve_members(
             Some(a) if !out.iter().any(|(n, _)| n == &a) => out.push((a, role)),
             Some(_) => {}
             None => {
-                tracing::debug!(conn = s.conn_id, mri = %m.mri, "thread member is no account; left out")
+                tracing::debug!(conn = s.conn_id, mri = %crate::text::log(&m.mri), "thread member is no account; left out")
             }
         }
     }

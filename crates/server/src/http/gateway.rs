@@ -40,9 +40,6 @@ pub const MAX_LIFESPAN_SECS: u64 = 60;
 /// is ended as a slow reader (§9).
 pub const OUTBOX_LIMIT: usize = 256 * 1024;
 
-/// Request bodies a session may have waiting to be handled; more at once get `429`.
-const INBOUND_QUEUE: usize = 4;
-
 /// A response to a send waits at most this long for its frames to be handled.
 const SEND_WAIT: Duration = Duration::from_secs(30);
 
@@ -290,7 +287,7 @@ impl Gateway {
             tracing::warn!(%peer, limit = self.state.config.max_connections_per_ip, "too many connections from this address; gateway session refused");
             return Err(StatusCode::TOO_MANY_REQUESTS);
         };
-        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let (tx, rx) = mpsc::channel(self.state.config.gateway_pending_sends.max(1));
         let mut rng = rand::thread_rng();
         // 128 random bits; the dotted form only looks like the original's.
         let id = format!("{}.{}", rng.gen::<u64>(), rng.gen::<u64>());

@@ -4,16 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::Router;
-use tokio::net::TcpListener;
 
 use crate::state::AppState;
 
 pub mod compat;
 pub mod gateway;
+pub mod listener;
 pub mod login;
 pub mod web;
 
@@ -55,21 +53,9 @@ async fn html_headers(mut response: axum::response::Response) -> axum::response:
     response
 }
 
-/// The client's address, for throttling; the same type serves the HTTP and HTTPS listeners.
+/// The client's address, for throttling (`ConnectInfo<PeerAddr>`; set by [`listener`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, crate::transport::tls::TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::transport::tls::TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +44,8 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts open connections per client address (one count for MSNP, HTTP and HTTPS each).
+/// Counts open connections per client address (one count for MSNP over TCP and TLS with gateway
+/// sessions, one for HTTP and HTTPS).
 #[derive(Debug, Default)]
 pub struct ConnectionLimiter {
     max_per_ip: usize,
@@ -101,6 +103,117 @@ impl Drop for ConnectionSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// The file descriptors connections may take: the open-file limit less a reserve for everything
+/// else the process opens (the database, listeners, cluster links, logs). Every accept loop takes
+/// a place here before serving a connection, so that running out refuses newcomers instead of
+/// failing the database or spinning on `EMFILE`. Running low is logged once, and again once
+/// places are free.
+#[derive(Debug)]
+pub struct DescriptorBudget {
+    max: usize,
+    open: Arc<AtomicUsize>,
+    low: AtomicBool,
+    /// Held for `EMFILE`: closed to make room to accept and close the connection waiting, so the
+    /// listener does not wake for it again and again.
+    spare: Mutex<Option<std::fs::File>>,
+}
+
+/// One connection's descriptor; dropping it frees the place.
+#[derive(Debug)]
+pub struct DescriptorSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl DescriptorBudget {
+    /// A budget of the process's soft open-file limit less `reserve` (at least one place).
+    pub fn from_rlimit(reserve: usize) -> DescriptorBudget {
+        let soft = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+            .unwrap_or(1024);
+        DescriptorBudget::new(soft.saturating_sub(reserve).max(1))
+    }
+
+    /// A budget of `max` connections.
+    pub fn new(max: usize) -> DescriptorBudget {
+        DescriptorBudget {
+            max,
+            open: Arc::default(),
+            low: AtomicBool::new(false),
+            spare: Mutex::new(std::fs::File::open("/dev/null").ok()),
+        }
+    }
+
+    /// A place for one more connection, or `None` (logged once) when the budget is spent.
+    pub fn try_acquire(&self, listener: &str) -> Option<DescriptorSlot> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        match taken {
+            Ok(n) => {
+                // Recover below nine tenths, so a peer hovering at the edge cannot flood the log.
+                if n < self.max - self.max / 10 && self.low.swap(false, Ordering::AcqRel) {
+                    tracing::info!(
+                        listener,
+                        open = n,
+                        limit = self.max,
+                        "file descriptors available again; accepting connections"
+                    );
+                }
+                Some(DescriptorSlot {
+                    open: self.open.clone(),
+                })
+            }
+            Err(n) => {
+                self.running_low(listener, n, None);
+                None
+            }
+        }
+    }
+
+    /// Notes that the process ran out (`accept` failed with `EMFILE`/`ENFILE`); logged once.
+    pub fn exhausted(&self, listener: &str, error: &std::io::Error) {
+        self.running_low(listener, self.open.load(Ordering::Acquire), Some(error));
+    }
+
+    fn running_low(&self, listener: &str, open: usize, error: Option<&std::io::Error>) {
+        if !self.low.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                listener,
+                open,
+                limit = self.max,
+                error = error.map(tracing::field::display),
+                "file descriptors are running out; refusing new connections until some close"
+            );
+        }
+    }
+
+    /// Gives up the spare descriptor (see `spare`) for `f`, then takes it again.
+    pub async fn with_spare<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        drop(lock(&self.spare).take());
+        let out = f.await;
+        *lock(&self.spare) = std::fs::File::open("/dev/null").ok();
+        out
+    }
+
+    /// Connections holding a place.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Places in all.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for DescriptorSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -235,6 +348,23 @@ mod tests {
             .filter_map(|_| unlimited.try_acquire(ip))
             .collect();
         assert_eq!(held.len(), 1000);
+    }
+
+    #[test]
+    fn descriptor_places_are_counted_freed_and_never_overdrawn() {
+        let b = DescriptorBudget::new(3);
+        let held: Vec<_> = (0..5).filter_map(|_| b.try_acquire("test")).collect();
+        assert_eq!(held.len(), 3);
+        assert_eq!(b.open(), 3);
+        assert!(b.low.load(Ordering::Acquire));
+        drop(held);
+        assert_eq!(b.open(), 0);
+        assert!(b.try_acquire("test").is_some());
+        assert!(
+            !b.low.load(Ordering::Acquire),
+            "recovered once places were free"
+        );
+        assert!(DescriptorBudget::from_rlimit(usize::MAX).max() >= 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use msnp24_proto::{AccountName, Epid};
 
 use super::{
-    DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason, Outbound, Router,
+    DeliveryFilter, EndpointAddr, EndpointHandle, EndpointInfo, KickReason, ListedEndpoint,
+    Outbound, Router,
 };
 
 /// Routes between connections of this process.
@@ -90,6 +91,24 @@ impl LocalRouter {
         n
     }
 
+    /// The endpoints bound here (only `account`'s, if given), with no node named.
+    pub fn list_here(&self, account: Option<&AccountName>) -> Vec<ListedEndpoint> {
+        let map = self.map();
+        let listed = |(a, l): (&AccountName, &Vec<EndpointHandle>)| {
+            l.iter()
+                .map(|h| ListedEndpoint {
+                    account: a.clone(),
+                    node: None,
+                    info: h.info.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        match account {
+            Some(a) => map.get_key_value(a).map(listed).unwrap_or_default(),
+            None => map.iter().flat_map(listed).collect(),
+        }
+    }
+
     /// What one connection's endpoint told BND and subscribed to, if it is still bound here.
     pub fn info(&self, addr: &EndpointAddr, conn_id: u64) -> Option<EndpointInfo> {
         self.map().get(&addr.account).and_then(|l| {
@@ -161,5 +180,9 @@ impl Router for LocalRouter {
 
     async fn kick(&self, account: &AccountName, epid: Option<&Epid>, reason: KickReason) -> usize {
         self.kick_now(account, epid, reason)
+    }
+
+    async fn list(&self, account: Option<&AccountName>) -> anyhow::Result<Vec<ListedEndpoint>> {
+        Ok(self.list_here(account))
     }
 }

@@ -36,6 +36,31 @@ pub struct EndpointInfo {
     pub messaging: bool,
     /// Has subscribed to its contacts' presence.
     pub presence: bool,
+    /// Where the connection came from and since when (`None` in a registration written by an
+    /// older node of a cluster).
+    pub origin: Option<Origin>,
+}
+
+/// Where a bound endpoint's connection came from, for `msnp24 admin sessions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// TCP, TLS or the HTTP gateway.
+    pub transport: crate::transport::Transport,
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// When the endpoint was bound, unix ms.
+    pub since_ms: i64,
+}
+
+/// One bound endpoint as the router lists it for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedEndpoint {
+    /// The account.
+    pub account: AccountName,
+    /// The cluster node serving it (`None` on a single node).
+    pub node: Option<String>,
+    /// What it told BND and where it came from.
+    pub info: EndpointInfo,
 }
 
 /// Why the server ends a connection on its own.
@@ -195,6 +220,8 @@ pub trait Router: Send + Sync + 'static {
     /// Ends the account's bound endpoints (only `epid`, if given) on every node: each is sent
     /// `OUT` with `reason` and closed. Returns how many were told to end.
     async fn kick(&self, account: &AccountName, epid: Option<&Epid>, reason: KickReason) -> usize;
+    /// Every bound endpoint (only `account`'s, if given) on every node, for an operator.
+    async fn list(&self, account: Option<&AccountName>) -> anyhow::Result<Vec<ListedEndpoint>>;
     /// Leaves the cluster at shutdown, once this node's connections have ended (alone: nothing).
     async fn leave(&self) {}
 }

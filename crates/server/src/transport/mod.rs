@@ -23,6 +23,7 @@ use crate::routing::{Delivery, KickReason, Outbound};
 use crate::session::Session;
 use crate::state::{now_ms, AppState};
 
+pub mod accept;
 mod connection;
 pub mod tls;
 
@@ -38,7 +39,7 @@ const MAX_WRITE_BATCH: usize = 64 * 1024;
 /// How long the last `OUT` may take to write before the connection is simply closed.
 const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Accepts plaintext connections until shutdown.
+/// Accepts MSNP connections (over TLS when `tls` is given) until shutdown.
 pub async fn accept_tcp(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -46,38 +47,26 @@ pub async fn accept_tcp(
     done: DoneGuard,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let mut stop = shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(slot) = state.connections.try_acquire(peer.ip()) else {
-            tracing::warn!(%peer, limit = state.config.max_connections_per_ip, "too many connections from this address; refused");
-            if tls.is_none() {
-                // Best effort and never waiting: the peer learns why, if its socket has room.
-                let _ = stream.try_write(
-                    &error_frame(ErrorCode::RateLimited, 0, "CON", "too many connections")
-                        .to_bytes(),
-                );
-            }
-            continue;
-        };
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let limits = accept::Limits {
+        listener: if tls.is_some() { "msnp-tls" } else { "msnp" },
+        per_address: &state.connections,
+        descriptors: &state.descriptors,
+    };
+    let refuse = |stream: &tokio::net::TcpStream, _: accept::Refusal| {
+        if tls.is_none() {
+            // Best effort and never waiting: the peer learns why, if its socket has room.
+            let _ = stream.try_write(
+                &error_frame(ErrorCode::RateLimited, 0, "CON", "too many connections").to_bytes(),
+            );
+        }
+    };
+    let serve = |stream: tokio::net::TcpStream, peer: SocketAddr, admitted: accept::Admitted| {
         let _ = stream.set_nodelay(true);
-        let transport = if tls.is_some() {
-            Transport::Tls
-        } else {
-            Transport::Tcp
-        };
         let span = connection_span(peer, transport);
         let state = state.clone();
         let shutdown = shutdown.clone();
@@ -88,7 +77,7 @@ pub async fn accept_tcp(
                     async move {
                         let conn = StreamConnection::new(stream, state.limits(), transport);
                         serve_connection(conn, peer, state, shutdown, done).await;
-                        drop(slot);
+                        drop(admitted);
                     }
                     .instrument(span),
                 );
@@ -107,13 +96,14 @@ pub async fn accept_tcp(
                             Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                         }
-                        drop(slot);
+                        drop(admitted);
                     }
                     .instrument(span),
                 );
             }
         }
-    }
+    };
+    accept::accept_loop(&listener, limits, shutdown.clone(), refuse, serve).await;
 }
 
 /// How a client reached us (a label of logs, metrics and `admin sessions`).
@@ -135,6 +125,13 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::Gateway => "gateway",
         }
+    }
+
+    /// The transport a label names.
+    pub fn parse(label: &str) -> Option<Transport> {
+        [Transport::Tcp, Transport::Tls, Transport::Gateway]
+            .into_iter()
+            .find(|t| t.as_str() == label)
     }
 }
 
@@ -208,7 +205,7 @@ pub async fn serve_connection<C: Connection>(
 ) {
     let (tx, mut rx) = mpsc::channel(state.config.outbound_queue.max(1));
     let (kick_tx, mut kick_rx) = watch::channel(None);
-    let mut session = Session::new(state.clone(), peer, tx, Arc::new(kick_tx));
+    let mut session = Session::new(state.clone(), peer, conn.transport(), tx, Arc::new(kick_tx));
     let id = session.conn_id;
     let span = tracing::Span::current();
     span.record("conn", id);
