@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use msnp24_client::{new_epid, Client, Event};
+use msnp24_client::{expect_ok, new_epid, Client, Event};
 use msnp24_proto::Frame;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -369,4 +369,91 @@ async fn a_node_whose_redis_is_gone_still_serves_its_own_users() {
     for c in [&alice, &bob] {
         assert_conformant_client(c);
     }
+}
+
+/// `admin sessions --json` run against one node's data directory, parsed.
+fn sessions_json(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "sessions", "--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// `admin kick ARGS…` against one node's data directory; returns what it printed.
+fn kick(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "kick"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for `OUT` and then the end of the connection.
+async fn signed_out(c: &mut Client) {
+    c.wait_for(WAIT, |f| f.cmd == "OUT")
+        .await
+        .unwrap_or_else(|e| panic!("no OUT: {e}"));
+    let closed =
+        tokio::time::timeout(WAIT, async { while c.next_event().await.is_some() {} }).await;
+    assert!(closed.is_ok(), "the connection stayed open after OUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_sessions_and_kick_reach_every_node() {
+    let mut cluster = Cluster::new().await;
+    for name in ["alice", "bob"] {
+        cluster.add_user(name);
+    }
+    let node_a = cluster.node();
+    let node_b = cluster.node();
+    let dir_a = cluster.root.path().join("node1");
+    let braced = || format!("{{{}}}", new_epid());
+    let (e1, e2, e3) = (braced(), braced(), braced());
+    // alice on A and on B, bob on B; asked through A only.
+    let alice_a = sign_in_as(&node_a, "alice", &e1).await;
+    let mut alice_b = sign_in_as(&node_b, "alice", &e2).await;
+    let mut bob = sign_in_as(&node_b, "bob", &e3).await;
+
+    let rows = sessions_json(&dir_a);
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let row = |e: &str| {
+        rows.iter()
+            .find(|r| r["epid"] == e)
+            .unwrap_or_else(|| panic!("{e} not listed: {rows:#?}"))
+            .clone()
+    };
+    for e in [&e1, &e2, &e3] {
+        let r = row(e);
+        assert_eq!(r["transport"], "tcp", "{r}");
+        assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+        assert_eq!(r["client"], "msnp24-client", "{r}");
+        assert!(r["since"].is_string(), "{r}");
+        assert!(r["node"].is_string(), "{r}");
+    }
+    assert_eq!(row(&e1)["account"], "alice");
+    assert_eq!(row(&e3)["account"], "bob");
+    assert_ne!(row(&e1)["node"], row(&e2)["node"], "two nodes: {rows:#?}");
+    assert_eq!(row(&e2)["node"], row(&e3)["node"], "{rows:#?}");
+
+    // One endpoint on the other node; the account's endpoint here stays.
+    assert_eq!(
+        kick(&dir_a, &["alice", "--epid", &e2]),
+        "signed out 1 endpoint(s) of alice\n"
+    );
+    signed_out(&mut alice_b).await;
+    expect_ok(alice_a.ping().await.unwrap()).unwrap();
+    // A whole account that lives only on the other node.
+    assert_eq!(kick(&dir_a, &["bob"]), "signed out 1 endpoint(s) of bob\n");
+    signed_out(&mut bob).await;
+    let rows = sessions_json(&dir_a);
+    let left: Vec<&serde_json::Value> = rows.iter().map(|r| &r["epid"]).collect();
+    assert_eq!(left, [&serde_json::Value::from(e1.as_str())], "{rows:#?}");
+    drop(node_b);
 }
