@@ -36,6 +36,16 @@ async fn answers(s: &mut TcpStream) -> bool {
     }
 }
 
+/// A child process killed and reaped when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn running_out_of_descriptors_refuses_newcomers_logs_once_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,7 +59,7 @@ async fn running_out_of_descriptors_refuses_newcomers_logs_once_and_recovers() {
     // A file, not a pipe: nobody reads a pipe while the flood runs, and a full one stops the server.
     let log_path = dir.path().join("server.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new("prlimit")
+    let child = Command::new("prlimit")
         .args([
             "--nofile=128:128",
             "--",
@@ -68,8 +78,11 @@ async fn running_out_of_descriptors_refuses_newcomers_logs_once_and_recovers() {
         .stderr(Stdio::from(log_file))
         .spawn()
         .unwrap();
+    // Killed when dropped, so a failing assertion leaves no server behind.
+    let mut child = Killed(child);
     let mut line = [0u8; 16];
     child
+        .0
         .stdout
         .as_mut()
         .unwrap()
@@ -118,8 +131,7 @@ async fn running_out_of_descriptors_refuses_newcomers_logs_once_and_recovers() {
         .unwrap();
     assert_eq!(health.status(), 200);
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(
         log.matches("file descriptors are running out").count(),
